@@ -1,0 +1,99 @@
+"""Site and user defaults for Lepton Lab.
+
+Every setting can be set three ways, strongest first: a traitlets config file
+(``c.LeptonConfig.home = ...`` in ``jupyter_server_config.py`` or ``ipython_config.py``),
+an environment variable (named in each trait's help), or the default shown here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Bool, Float, Int, Unicode, default
+from traitlets.config import Configurable
+
+
+class LeptonConfig(Configurable):
+    """Settings shared by the magics, the command-line tool and the server extension."""
+
+    home = Unicode(
+        help="Directory holding the state store, the audit log and the embedded cluster's "
+        "files. Env: LEPTON_HOME. Default: ~/.lepton",
+    ).tag(config=True)
+
+    address = Unicode(
+        "",
+        help="Ray cluster to use instead of the embedded local one: a head address "
+        "(host:port) or a ray:// client address. Env: RAY_ADDRESS. Empty means embedded.",
+    ).tag(config=True)
+
+    connect_timeout = Float(
+        15.0, help="Seconds to wait for an existing cluster to answer before giving up."
+    ).tag(config=True)
+
+    start_timeout = Float(
+        120.0, help="Seconds to wait for the embedded local Ray cluster to start."
+    ).tag(config=True)
+
+    stream_interval = Float(
+        0.05, help="Seconds between batches of streamed output from the cluster."
+    ).tag(config=True)
+
+    interrupt_grace = Float(
+        1.5,
+        help="Seconds a warm-group rank gets to stop after an interrupt before it is killed.",
+    ).tag(config=True)
+
+    rank_tail_lines = Int(
+        8, help="Lines of output shown per non-zero rank when --all-ranks is not given."
+    ).tag(config=True)
+
+    job_ttl_hours = Float(
+        24.0, help="Hours a finished detached job keeps its output and results on the cluster."
+    ).tag(config=True)
+
+    check_versions = Bool(
+        True,
+        help="Compare Python, cloudpickle, torch and lepton_lab versions between the kernel "
+        "and every cluster node before shipping anything. Env: LEPTON_CHECK_VERSIONS=0 to skip.",
+    ).tag(config=True)
+
+    dashboard = Bool(
+        True, help="Start the Ray dashboard with the embedded cluster (needed for the state API)."
+    ).tag(config=True)
+
+    @default("home")
+    def _default_home(self) -> str:
+        return os.environ.get("LEPTON_HOME") or str(Path.home() / ".lepton")
+
+    @default("address")
+    def _default_address(self) -> str:
+        return os.environ.get("RAY_ADDRESS", "")
+
+    @default("check_versions")
+    def _default_check_versions(self) -> bool:
+        return os.environ.get("LEPTON_CHECK_VERSIONS", "1") not in ("0", "false", "no")
+
+    @property
+    def home_path(self) -> Path:
+        path = Path(self.home).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+_CONFIG: LeptonConfig | None = None
+
+
+def get_config() -> LeptonConfig:
+    """The process-wide settings, created on first use (so env vars set before it count)."""
+    global _CONFIG
+    if _CONFIG is None:
+        _CONFIG = LeptonConfig()
+    return _CONFIG
+
+
+def reset_config() -> None:
+    """Forget the settings so the next :func:`get_config` re-reads the environment."""
+    global _CONFIG
+    _CONFIG = None

@@ -1,0 +1,336 @@
+"""Detached jobs: cells that outlive the kernel, and attaching to them again.
+
+``%%lepton --detach`` hands the cell to a *keeper*: a small detached Ray actor (no CPU of its
+own, named ``lepton-job-<id>`` in the ``lepton`` namespace) that submits the cell as an
+ordinary task, keeps every output event and the final result, and answers polls. Any kernel
+connected to the same cluster can then follow the output, attach (replay the output and pull
+the variables), read the logs or cancel. The keeper exits ``job_ttl_hours`` after the job ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from ..cluster import NAMESPACE, ensure_connected
+from ..config import get_config
+from ..errors import JobNotFound, LeptonUsageError, RemoteError, WorkerDied
+from ..store import JobRecord, get_store
+from ._analysis import analyze
+from ._sink import LogTee, Sink
+from ._spec import CellSpec
+
+EVENT_BYTES_LIMIT = 64 * 1024 * 1024
+RELEASE_GRACE_S = 3600.0  # a keeper lives this long after someone attached and pulled results  # output kept per job; older text is dropped beyond it
+
+
+class _Keeper:
+    """Owns one detached cell run on the cluster (a threaded, CPU-less, detached actor)."""
+
+    def __init__(self, job_id: str, payload: dict[str, Any], options: dict[str, Any],
+                 ttl_s: float):
+        from ._runner import _remote_task
+
+        self.job_id, self.ttl_s = job_id, ttl_s
+        self.events: list[tuple] = []
+        self.dropped = 0
+        self.size = 0
+        self.result: dict[str, Any] | None = None
+        self.state = "running"
+        self.cond = threading.Condition()
+        self.gen = _remote_task().options(name=f"lepton:{job_id}", **options).remote(payload)
+        self.started = time.time()
+        threading.Thread(target=self._follow, daemon=True, name="lepton-keeper").start()
+
+
+    def _follow(self) -> None:
+        import ray
+
+        try:
+            for ref in self.gen:
+                for event in ray.get(ref):
+                    if event[0] == "done":
+                        self._finish(event[1])
+                    else:
+                        self._add(event)
+        except Exception as exc:  # noqa: BLE001 - cancelled, or the worker died
+            with self.cond:
+                if self.state == "cancelling":
+                    self._finish({"status": "cancelled"})
+                else:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    self._finish({"status": "died", "message": f"{type(exc).__name__}: "
+                                  f"{first[:300]}"})
+        with self.cond:
+            if self.result is None:
+                self._finish({"status": "died", "message": "the task ended without a result"})
+        self._arm(self.ttl_s)
+
+    def _arm(self, seconds: float) -> None:
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.cancel()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def release(self, grace_s: float) -> None:
+        """The results were pulled: keep them ``grace_s`` more (other kernels may attach),
+        then exit instead of holding the process for the whole TTL."""
+        with self.cond:
+            if self.result is not None:
+                self._arm(min(grace_s, self.ttl_s))
+
+    def _add(self, event: tuple) -> None:
+        with self.cond:
+            self.events.append(event)
+            self.size += len(repr(event)) if event[0] != "stream" else len(event[2])
+            while self.size > EVENT_BYTES_LIMIT and len(self.events) > 1:
+                old = self.events.pop(0)
+                self.size -= len(repr(old)) if old[0] != "stream" else len(old[2])
+                self.dropped += 1
+            self.cond.notify_all()
+
+    def _finish(self, result: dict[str, Any]) -> None:
+        with self.cond:
+            if self.result is None:
+                self.result = result
+                st = result.get("status")
+                self.state = {"ok": "succeeded", "error": "failed", "interrupted": "cancelled"
+                              }.get(st, st or "failed")
+            self.cond.notify_all()
+
+    def _expire(self) -> None:
+        import ray
+
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    # -- the API kernels call ---------------------------------------------------------------
+    def poll(self, since: int, timeout: float) -> dict[str, Any]:
+        """Events after index ``since`` (waiting up to ``timeout`` for new ones)."""
+        with self.cond:
+            start = since - self.dropped
+            self.cond.wait_for(lambda: len(self.events) > start or self.result is not None,
+                               timeout=timeout)
+            start = max(0, since - self.dropped)
+            events = self.events[start:]
+            summary = None
+            if self.result is not None:
+                summary = {k: v for k, v in self.result.items() if k not in ("values",)}
+            return {"events": events, "next": self.dropped + len(self.events),
+                    "state": self.state, "result": summary, "dropped_before": self.dropped}
+
+    def values(self) -> dict[str, Any] | None:
+        with self.cond:
+            return None if self.result is None else self.result
+
+    def cancel(self) -> str:
+        import ray
+
+        with self.cond:
+            if self.result is not None:
+                return self.state
+            self.state = "cancelling"
+        ray.cancel(self.gen, force=True)
+        with self.cond:
+            self.cond.wait_for(lambda: self.result is not None, timeout=5.0)
+            if self.result is None:
+                self._finish({"status": "cancelled"})
+            return self.state
+
+
+_KEEPER_CLS = None
+
+
+def _keeper_cls():
+    global _KEEPER_CLS
+    if _KEEPER_CLS is None:
+        import ray
+
+        _KEEPER_CLS = ray.remote(num_cpus=0, max_concurrency=16, max_restarts=0)(_Keeper)
+    return _KEEPER_CLS
+
+
+def keeper_name(job_id: str) -> str:
+    return f"lepton-job-{job_id}"
+
+
+def submit_detached(body: str, namespace: dict[str, Any], spec: CellSpec, *,
+                    origin: str | None = None) -> str:
+    """Submit ``body`` as a detached job; returns its id at once."""
+    from ._runner import build_payload, check_feasible, record_submission, ship_values
+
+    an = analyze(body)
+    conn = ensure_connected()
+    check_feasible(spec)
+    values = ship_values(an.reads, namespace)
+    payload = build_payload(an, spec, values)
+    job_id = record_submission("detached", body, an, spec, conn.address, origin)
+    ttl = get_config().job_ttl_hours * 3600.0
+    try:
+        _keeper_cls().options(name=keeper_name(job_id), namespace=NAMESPACE,
+                              lifetime="detached").remote(job_id, payload, spec.ray_options(),
+                                                          ttl)
+    except Exception as exc:
+        get_store().finish_job(job_id, "failed", error=f"could not submit: {exc}")
+        raise
+    return job_id
+
+
+def _keeper(job_id: str):
+    import ray
+
+    try:
+        return ray.get_actor(keeper_name(job_id), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _final_status(state: str) -> str | None:
+    return state if state in ("succeeded", "failed", "cancelled", "died") else None
+
+
+def refresh(job: JobRecord, timeout: float = 2.0) -> JobRecord:
+    """Bring a detached job's recorded status up to date from its keeper."""
+    import ray
+
+    if job.kind != "detached" or job.status != "running":
+        return job
+    ensure_connected()
+    keeper = _keeper(job.id)
+    store = get_store()
+    if keeper is None:
+        store.finish_job(job.id, "lost", error="its keeper is gone (cluster restarted, or "
+                                               "the job expired)")
+        return store.get_job(job.id)
+    try:
+        info = ray.get(keeper.poll.remote(1 << 62, 0.0), timeout=timeout)
+    except Exception:  # noqa: BLE001 - keeper busy or dying: leave the record as it is
+        return job
+    status = _final_status(info["state"])
+    if status:
+        res = info.get("result") or {}
+        store.finish_job(job.id, status, error=_error_text(res))
+    return store.get_job(job.id)
+
+
+def _error_text(res: dict[str, Any]) -> str | None:
+    if res.get("status") == "error" and res.get("error"):
+        return f"{res['error']['ename']}: {res['error']['evalue']}"[:2000]
+    return res.get("message")
+
+
+def follow(job_id: str, sink: Sink, *, since: int = 0, stop: threading.Event | None = None,
+           on_done: Callable[[dict[str, Any]], None] | None = None,
+           poll_timeout: float = 0.5) -> dict[str, Any]:
+    """Stream a detached job's output into ``sink`` until it ends (or ``stop`` is set).
+
+    Returns the last poll (``state``, ``result``). KeyboardInterrupt stops following only:
+    the job keeps running on the cluster.
+    """
+    import ray
+
+    keeper = _keeper(job_id)
+    if keeper is None:
+        raise JobNotFound(f"job {job_id} has no keeper on this cluster any more (it expired, "
+                          "or the cluster restarted); `%lepton logs` shows its recorded output")
+    tee = LogTee(sink)
+    info: dict[str, Any] = {"state": "running", "result": None}
+    try:
+        while stop is None or not stop.is_set():
+            ref = keeper.poll.remote(since, poll_timeout)
+            while True:  # short waits, so Ctrl-C lands at once
+                ready, _ = ray.wait([ref], timeout=0.1)
+                if ready:
+                    break
+                if stop is not None and stop.is_set():
+                    return info
+            info = ray.get(ref)
+            if since < info["dropped_before"]:
+                tee.status(f"{info['dropped_before'] - since} early output event(s) were "
+                           "dropped (output limit)")
+            for event in info["events"]:
+                tee.handle(event)
+            since = info["next"]
+            if info["result"] is not None:
+                break
+    finally:
+        tee.close()
+    info["next"] = since
+    if info["result"] is not None:
+        status = _final_status(info["state"]) or "failed"
+        get_store().finish_job(job_id, status, error=_error_text(info["result"]), log=tee.text)
+        if on_done is not None:
+            on_done(info)
+    return info
+
+
+def attach(ref: str, namespace: dict[str, Any], sink: Sink) -> JobRecord:
+    """Replay a detached job's output, wait for it, and pull its variables into ``namespace``."""
+    import ray
+
+    from ._runner import unpack_values
+
+    ensure_connected()
+    job = get_store().find_job(ref)
+    if job.kind != "detached":
+        raise LeptonUsageError(f"job {job.id} was not detached (it ran in its cell); "
+                               "`%lepton logs` shows its output")
+    info = follow(job.id, sink)
+    result = info["result"] or {}
+    status = result.get("status")
+    if status == "error":
+        err = result["error"]
+        raise RemoteError(err["ename"], err["evalue"], err["traceback"], f"job {job.id}")
+    if status == "died":
+        raise WorkerDied(f"job {job.id}: {result.get('message')}")
+    if status in ("cancelled", "interrupted"):
+        sink.status(f"job {job.id} was cancelled; no variables to pull")
+        return get_store().get_job(job.id)
+    full = ray.get(_keeper(job.id).values.remote(), timeout=60)
+    skipped = dict(full.get("skipped") or {})
+    namespace.update(unpack_values(full.get("values") or {}, skipped))
+    _keeper(job.id).release.remote(RELEASE_GRACE_S)
+    names = sorted(full.get("values") or {})
+    if names:
+        sink.status(f"job {job.id} pulled: {', '.join(names)}")
+    for name, why in skipped.items():
+        sink.status(f"'{name}' stayed on the cluster: {why}")
+    return get_store().get_job(job.id)
+
+
+def cancel(ref: str) -> JobRecord:
+    """Cancel a job (a detached one through its keeper; a running cell from another kernel by
+    its Ray task name)."""
+    import ray
+
+    ensure_connected()
+    store = get_store()
+    job = store.find_job(ref)
+    if job.status != "running":
+        return job
+    keeper = _keeper(job.id) if job.kind == "detached" else None
+    if keeper is not None:
+        state = ray.get(keeper.cancel.remote(), timeout=15)
+        store.finish_job(job.id, _final_status(state) or "cancelled", error="cancelled")
+    else:
+        store.finish_job(job.id, "cancelled", error="cancelled from another session")
+    store.audit("cancel", job_id=job.id, cluster=job.cluster, outcome="cancelled")
+    return store.get_job(job.id)
+
+
+def logs(ref: str) -> tuple[JobRecord, str]:
+    """A job's text output: live from the keeper when it has one, else the recorded log."""
+    import ray
+
+    store = get_store()
+    job = store.find_job(ref)
+    if job.kind == "detached" and (job.status == "running" or not job.log):
+        ensure_connected()
+        keeper = _keeper(job.id)
+        if keeper is not None:
+            info = ray.get(keeper.poll.remote(0, 0.0), timeout=15)
+            text = "".join(e[2] for e in info["events"] if e[0] == "stream")
+            return refresh(job), text
+    return job, job.log or ""

@@ -1,0 +1,264 @@
+"""SQLite-backed store shared by every kernel, the CLI and the server extension."""
+
+from __future__ import annotations
+
+import getpass
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..config import get_config
+from ..errors import JobNotFound
+from ._schema import MIGRATIONS
+
+#: Largest log tail kept per job in the store (characters).
+LOG_LIMIT = 256 * 1024
+FINAL_STATES = ("succeeded", "failed", "cancelled", "timeout", "lost")
+
+
+def current_user() -> str:
+    """Who is submitting: the JupyterHub user when there is one, else the OS user."""
+    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+
+@dataclass
+class JobRecord:
+    id: str
+    name: str | None
+    kind: str
+    status: str
+    user: str
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    cluster: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    source_hash: str | None = None
+    origin: str | None = None
+    error: str | None = None
+    log: str | None = None
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["elapsed"] = self.elapsed
+        return d
+
+
+class Store:
+    """Jobs and the audit log in one SQLite file, safe for concurrent writers."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._tx() as db:
+            self._migrate(db)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            # Switching a new file to WAL needs a moment of exclusive access and SQLite does
+            # not wait for it on busy: serialise that step between processes with a file lock.
+            with open(str(self.path) + ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                deadline = time.monotonic() + 30.0
+                while True:  # a writer that is not a Store (sqlite3 CLI...) may hold the file
+                    try:
+                        conn.execute("PRAGMA journal_mode=WAL")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if "locked" not in str(exc) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> "Store._Tx":
+        return Store._Tx(self._conn())
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={i}")
+
+    # -- jobs -------------------------------------------------------------------------------
+    def create_job(
+        self,
+        job_id: str,
+        *,
+        kind: str,
+        name: str | None,
+        cluster: str | None,
+        resources: dict[str, Any],
+        source: str,
+        source_hash: str,
+        origin: str | None = None,
+    ) -> JobRecord:
+        """Record a submission and append its audit entry, in one transaction."""
+        now = time.time()
+        user = current_user()
+        res = json.dumps(resources, sort_keys=True)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, name, kind, status, user, created, started, cluster,"
+                " resources, source, source_hash, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job_id, name, kind, "running", user, now, now, cluster, res, source,
+                 source_hash, origin),
+            )
+            db.execute(
+                "INSERT INTO audit (ts, user, action, job_id, source_hash, resources, cluster,"
+                " outcome) VALUES (?,?,?,?,?,?,?,?)",
+                (now, user, "submit", job_id, source_hash, res, cluster, "submitted"),
+            )
+        return self.get_job(job_id)
+
+    def finish_job(
+        self, job_id: str, status: str, *, error: str | None = None, log: str | None = None
+    ) -> None:
+        """Set a job's final state (once) and append the outcome to the audit log."""
+        now = time.time()
+        if log is not None and len(log) > LOG_LIMIT:
+            log = log[-LOG_LIMIT:]
+        with self._tx() as db:
+            row = db.execute("SELECT status, source_hash, cluster FROM jobs WHERE id=?",
+                             (job_id,)).fetchone()
+            if row is None or row["status"] in FINAL_STATES:
+                return
+            db.execute(
+                "UPDATE jobs SET status=?, finished=?, error=?, log=COALESCE(?, log) WHERE id=?",
+                (status, now, error, log, job_id),
+            )
+            db.execute(
+                "INSERT INTO audit (ts, user, action, job_id, source_hash, cluster, outcome,"
+                " detail) VALUES (?,?,?,?,?,?,?,?)",
+                (now, current_user(), "outcome", job_id, row["source_hash"], row["cluster"],
+                 status, (error or "")[:500] or None),
+            )
+
+    def set_job_log(self, job_id: str, log: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET log=? WHERE id=?", (log[-LOG_LIMIT:], job_id))
+
+    def get_job(self, job_id: str) -> JobRecord:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}; `%lepton jobs` lists the recorded jobs")
+        return _job_from_row(row)
+
+    def find_job(self, ref: str) -> JobRecord:
+        """A job by id, unique id prefix, or name (the newest job of that name)."""
+        conn = self._conn()
+        row = conn.execute("SELECT * FROM jobs WHERE id=?", (ref,)).fetchone()
+        if row is None:
+            rows = conn.execute("SELECT * FROM jobs WHERE substr(id, 1, ?) = ? LIMIT 2",
+                                (len(ref), ref)).fetchall() if ref else []
+            if len(rows) == 1:
+                row = rows[0]
+        if row is None:
+            row = conn.execute("SELECT * FROM jobs WHERE name=? ORDER BY created DESC LIMIT 1",
+                               (ref,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job with id or name {ref!r}; `%lepton jobs` lists them")
+        return _job_from_row(row)
+
+    def list_jobs(self, *, limit: int = 50, status: str | None = None) -> list[JobRecord]:
+        sql, args = "SELECT * FROM jobs", []
+        if status:
+            sql += " WHERE status=?"
+            args.append(status)
+        sql += " ORDER BY created DESC LIMIT ?"
+        args.append(limit)
+        return [_job_from_row(r) for r in self._conn().execute(sql, args)]
+
+    # -- audit ------------------------------------------------------------------------------
+    def audit(self, action: str, *, job_id: str | None = None, cluster: str | None = None,
+              outcome: str | None = None, detail: str | None = None) -> None:
+        """Append one entry to the audit log (never updates or deletes entries)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO audit (ts, user, action, job_id, cluster, outcome, detail)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (time.time(), current_user(), action, job_id, cluster, outcome, detail),
+            )
+
+    def audit_entries(self, *, job_id: str | None = None, limit: int = 200) -> list[dict]:
+        sql, args = "SELECT * FROM audit", []
+        if job_id:
+            sql += " WHERE job_id=?"
+            args.append(job_id)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        out = []
+        for r in self._conn().execute(sql, args):
+            d = dict(r)
+            d["resources"] = json.loads(d["resources"]) if d["resources"] else None
+            out.append(d)
+        return out
+
+    def iter_audit(self) -> Iterator[dict]:
+        for r in self._conn().execute("SELECT * FROM audit ORDER BY seq"):
+            yield dict(r)
+
+
+def _job_from_row(row: sqlite3.Row) -> JobRecord:
+    d = dict(row)
+    d["resources"] = json.loads(d["resources"]) if d["resources"] else {}
+    return JobRecord(**d)
+
+
+_STORE: Store | None = None
+_STORE_LOCK = threading.Lock()
+
+
+def get_store() -> Store:
+    """The store under the configured Lepton home, opened on first use."""
+    global _STORE
+    with _STORE_LOCK:
+        path = get_config().home_path / "state.sqlite"
+        if _STORE is None or _STORE.path != path:
+            _STORE = Store(path)
+        return _STORE
+
+
+def reset_store() -> None:
+    global _STORE
+    with _STORE_LOCK:
+        _STORE = None
