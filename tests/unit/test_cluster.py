@@ -1,0 +1,154 @@
+"""Pure parts of the Ray connection (lepton_lab/cluster.py), with Ray forbidden."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from lepton_lab import cluster
+from lepton_lab.config import get_config, reset_config
+from lepton_lab.errors import ClusterUnavailable, LeptonUsageError
+
+LOCAL = {"python": "3.11.9", "cloudpickle": "3.1.2", "torch": "2.13.0", "lepton_lab": "0.1.0"}
+
+
+def test_same_versions_and_python_patch_levels_agree():
+    assert cluster.compare_versions(LOCAL, dict(LOCAL)) == []
+    assert cluster.compare_versions(LOCAL, dict(LOCAL, python="3.11.2")) == []
+
+
+@pytest.mark.parametrize("key, remote_value", [
+    ("python", "3.12.1"), ("cloudpickle", "3.0.0"), ("torch", "2.4.0"), ("lepton_lab", "0.2.0"),
+    ("torch", None),
+])
+def test_each_differing_package_is_named(key, remote_value):
+    diffs = cluster.compare_versions(LOCAL, dict(LOCAL, **{key: remote_value}))
+    assert len(diffs) == 1
+    (msg,) = diffs
+    assert msg.startswith(f"{key} ")
+    assert LOCAL[key] in msg and (remote_value or "missing") in msg
+    assert msg.index("(kernel)") < msg.index("(cluster)")
+
+
+def test_several_differences_and_missing_on_both_sides():
+    remote = {"python": "3.10.0", "cloudpickle": None, "torch": "2.13.0"}
+    diffs = cluster.compare_versions(dict(LOCAL, torch=None), remote)
+    names = [d.split()[0] for d in diffs]
+    assert names == ["python", "cloudpickle", "torch", "lepton_lab"]
+    assert "missing (kernel)" in diffs[2] and "missing (cluster)" in diffs[3]
+
+
+def test_local_versions_reports_this_interpreter():
+    import platform
+
+    versions = cluster.local_versions()
+    assert versions["python"] == platform.python_version()
+    assert set(versions) == {"python", "cloudpickle", "torch", "lepton_lab"}
+    assert cluster.compare_versions(versions, versions) == []
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+    ("ray://head:10001", ("head", 10001)),
+    (":6379", ("127.0.0.1", 6379)),
+])
+def test_split_host_port(address, expected):
+    assert cluster._split_host_port(address) == expected
+
+
+@pytest.mark.parametrize("address", ["head", "head:", "head:port", "ray://head", "10.0.0.5:-1",
+                                     "", "head:63 79"])
+def test_split_host_port_rejects_bad_addresses(address):
+    with pytest.raises(LeptonUsageError, match="host:port") as info:
+        cluster._split_host_port(address)
+    assert "\n" not in str(info.value)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening (bound and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_explicit_address_fails_fast_without_fallback():
+    # the autouse fixture makes start_embedded/ray.init raise RayForbidden (a BaseException),
+    # so a fallback to the embedded cluster would fail this test loudly
+    target = f"127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    with pytest.raises(ClusterUnavailable) as info:
+        cluster.connect(target)
+    elapsed = time.monotonic() - start
+    assert elapsed < 5.0, f"took {elapsed:.1f} s to give up on a refused port"
+    assert target in str(info.value)
+    assert "(address;" in str(info.value)
+    assert cluster.current() is None
+
+
+def test_ray_address_env_is_the_target(monkeypatch):
+    target = f"127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", target)
+    reset_config()
+    assert get_config().address == target
+    get_config().connect_timeout = 0.5
+    start = time.monotonic()
+    with pytest.raises(ClusterUnavailable) as info:
+        cluster.connect()
+    assert time.monotonic() - start < 3.0
+    assert target in str(info.value) and "RAY_ADDRESS" in str(info.value)
+    assert cluster.current() is None
+
+
+def test_unreachable_address_error_renders_one_line():
+    get_config().connect_timeout = 0.3
+    with pytest.raises(ClusterUnavailable) as info:
+        cluster.connect(f"127.0.0.1:{closed_port()}")
+    (line,) = info.value._render_traceback_()
+    assert line.startswith("ClusterUnavailable: cannot reach the Ray cluster")
+
+
+@pytest.mark.parametrize("address", ["auto", " auto "])
+def test_auto_is_refused(address):
+    with pytest.raises(LeptonUsageError, match="auto"):
+        cluster.connect(address)
+
+
+@pytest.mark.parametrize("address", ["local", "embedded"])
+def test_local_means_the_embedded_cluster(address, monkeypatch):
+    # "local" must go to the embedded cluster, not be probed as a host name
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{closed_port()}")
+    reset_config()
+    from .conftest import RayForbidden
+
+    with pytest.raises(RayForbidden, match="embedded"):
+        cluster.connect(address)
+
+
+def test_reachable_probe_sees_a_listening_socket():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert cluster._reachable(f"127.0.0.1:{port}", 1.0) is True
+    assert cluster._reachable(f"127.0.0.1:{closed_port()}", 0.3) is False
+
+
+def test_embedded_state_ignores_missing_corrupt_and_dead(lepton_home):
+    assert cluster.embedded_state() is None
+    state_file = lepton_home / "cluster.json"
+    state_file.write_text("{not json")
+    assert cluster.embedded_state() is None
+    import json
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state_file.write_text(json.dumps({"address": "127.0.0.1:1", "pid": dead.pid}))
+    assert cluster.embedded_state() is None
+    import os
+
+    state_file.write_text(json.dumps({"address": "127.0.0.1:1", "pid": os.getpid()}))
+    assert cluster.embedded_state()["address"] == "127.0.0.1:1"
