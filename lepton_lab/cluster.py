@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -169,8 +170,8 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
                     "--dashboard-port", str(dash)]
         else:
             cmd += ["--include-dashboard", "false"]
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **_embedded_auth_env())
-        env.pop("RAY_ADDRESS", None)
+        env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+                        {**_embedded_auth_env(), "RAY_ADDRESS": None})
         out = open(logfile, "w")
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
@@ -231,30 +232,92 @@ def stop_embedded() -> bool:
     return True
 
 
-def _embedded_auth_env() -> dict[str, str]:
-    """Ray token authentication for the embedded cluster (Ray's own token file, ~/.ray/auth_token).
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# the user's own Ray auth settings while the embedded cluster's are applied in this process
+_user_auth: dict[str, str | None] | None = None
 
-    Ray creates the token when the head starts; the kernel's driver reads the same file.
+
+def _embedded_token_path() -> Path:
+    """The embedded cluster's token: one per LEPTON_HOME, readable by its owner only.
+
+    `ray start` refuses to create a token itself, and ~/.ray/auth_token belongs to the user's
+    other clusters, so the embedded cluster keeps its own beside its state.
     """
-    return {"RAY_AUTH_MODE": "token"}
+    path = get_config().home_path / "ray_auth_token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def _embedded_auth_env() -> dict[str, str | None]:
+    """Ray token authentication for the embedded cluster; None means: unset the variable."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_embedded_token_path()),
+            "RAY_AUTH_TOKEN": None}
+
+
+def _with_env(base: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    env = dict(base)
+    for k, v in changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
 
 
 # -- connecting ------------------------------------------------------------------------------
-def _apply_auth_env(env: dict[str, str], force: bool = False) -> None:
-    """Switch this driver to the cluster's auth mode even if Ray was imported earlier.
+def _use_embedded_auth() -> None:
+    global _user_auth
+    if _user_auth is None:
+        _user_auth = {k: os.environ.get(k) for k in _AUTH_VARS}
+    _apply_auth_env(_embedded_auth_env())
 
-    Ray caches RAY_AUTH_MODE in its C++ config when first imported; it refreshes the cache the
-    same way when it enables token auth itself, so do that too (best effort on other versions).
+
+def _use_user_auth() -> None:
+    """The user's settings for their own cluster, re-applied even when unchanged in case Ray
+    was imported before they were set."""
+    global _user_auth
+    env, _user_auth = _user_auth, None
+    _apply_auth_env(env if env is not None else {}, force=True)
+
+
+def _apply_auth_env(env: dict[str, str | None], force: bool = False) -> None:
+    """Switch this driver to a cluster's auth settings even if Ray was imported earlier.
+
+    Ray caches RAY_AUTH_MODE and the token in C++ when first imported; it refreshes those caches
+    the same way when it enables token auth itself, so do that too (best effort on other versions).
     """
-    changed = force or any(os.environ.get(k) != v for k, v in env.items())
-    os.environ.update(env)
-    if not changed:
+    if not force and all(os.environ.get(k) == v for k, v in env.items()):
         return
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     with contextlib.suppress(Exception):
         from ray._raylet import AuthenticationTokenLoader, Config
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
+
+
+_CLIENT_TRIES = 3
+_TRANSIENT_CLIENT = ("Starting Ray client server failed", "Proxy failed to Connect")
+
+
+def _transient_client_failure(msg: str) -> bool:
+    return any(t in msg for t in _TRANSIENT_CLIENT)
+
+
+def _client_failure_reason(msg: str) -> str:
+    """Ray Client's init failure is a header plus the server's whole traceback; the last line
+    of that traceback is the reason."""
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Initialization failure"):
+        return f"the Ray Client server refused the session: {lines[-1]}"
+    return lines[0] if lines else "the Ray Client server refused the session"
 
 
 def _ray_init(address: str, embedded: bool) -> None:
@@ -264,15 +327,23 @@ def _ray_init(address: str, embedded: bool) -> None:
         ray.shutdown()
     kwargs: dict[str, Any] = {}
     if embedded:
-        _apply_auth_env(_embedded_auth_env())
+        _use_embedded_auth()
         kwargs["_node_ip_address"] = "127.0.0.1"
-    elif os.environ.get("RAY_AUTH_MODE"):
-        # the user's setting for their cluster; re-applied in case Ray was imported before it
-        _apply_auth_env({"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}, force=True)
+    else:
+        _use_user_auth()
     if address.startswith("ray://"):
-        # Ray Client: the server runs ray.init for us and accepts only a few options
-        ray.init(address=address, log_to_driver=False)
-        return
+        # Ray Client: the server runs ray.init for us and accepts only a few options. The head
+        # starts one server process per client; on a busy head that start can miss Ray's own
+        # deadline, which is worth one more try.
+        for attempt in range(_CLIENT_TRIES):
+            try:
+                ray.init(address=address, log_to_driver=False)
+                return
+            except ConnectionAbortedError as exc:
+                if attempt + 1 == _CLIENT_TRIES or not _transient_client_failure(str(exc)):
+                    raise ConnectionAbortedError(_client_failure_reason(str(exc))) from None
+                log.warning("Ray Client server on %s did not start in time; retrying", address)
+                ray.shutdown()
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
              configure_logging=True, **kwargs)
 

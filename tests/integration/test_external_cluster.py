@@ -4,6 +4,7 @@ joined with `ray start --address`, used from a real kernel through RAY_ADDRESS."
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -47,7 +48,10 @@ def external(tmp_path_factory, cluster):
     tmp = tmp_path_factory.mktemp("external")
     port = _free_port()
     # an admin's cluster with Ray's token authentication, as Ray 2.60 recommends
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    # The head gives each Ray Client its own server process and waits 30 s for it by default;
+    # on a 2-core CI box running the suite that start can take longer, so the admin allows more.
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
+               RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="120", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
     procs = []
     client_port = _free_port()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -152,3 +153,50 @@ def test_embedded_state_ignores_missing_corrupt_and_dead(lepton_home):
 
     state_file.write_text(json.dumps({"address": "127.0.0.1:1", "pid": os.getpid()}))
     assert cluster.embedded_state()["address"] == "127.0.0.1:1"
+
+
+SERVER_TRACE = """Initialization failure from server:
+Traceback (most recent call last):
+  File "proxier.py", line 777, in Datapath
+    raise RuntimeError(
+RuntimeError: Proxy failed to Connect to backend! Check `ray_client_server.err`
+"""
+
+
+def test_client_failure_reason_is_the_servers_last_line():
+    reason = cluster._client_failure_reason(SERVER_TRACE)
+    assert "\n" not in reason
+    assert reason.endswith("RuntimeError: Proxy failed to Connect to backend! Check "
+                           "`ray_client_server.err`")
+    assert cluster._client_failure_reason("plain reason") == "plain reason"
+
+
+def test_only_server_start_failures_are_retried():
+    assert cluster._transient_client_failure(SERVER_TRACE)
+    assert not cluster._transient_client_failure(
+        "Initialization failure from server:\nCall to `ray.init()` on the server failed with: "
+        "bad token")
+
+
+def test_embedded_token_is_private_and_stable(tmp_path):
+    path = cluster._embedded_token_path()
+    assert path.parent == get_config().home_path
+    assert path.stat().st_mode & 0o777 == 0o600
+    token = path.read_text()
+    assert len(token) == 64
+    assert cluster._embedded_token_path().read_text() == token
+
+
+def test_embedded_auth_is_undone_for_the_users_cluster(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "users-own-token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setattr(cluster, "_user_auth", None)
+    cluster._use_embedded_auth()
+    assert "RAY_AUTH_TOKEN" not in os.environ
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(cluster._embedded_token_path())
+    cluster._use_embedded_auth()  # a second embedded connect keeps the user's values
+    cluster._use_user_auth()
+    assert os.environ["RAY_AUTH_TOKEN"] == "users-own-token"
+    assert "RAY_AUTH_TOKEN_PATH" not in os.environ
+    assert os.environ["RAY_AUTH_MODE"] == "token"
