@@ -91,6 +91,12 @@ class CellSink(Sink):
     def status(self, text: str) -> None:
         self.stream("stderr", f"lepton: {text}\n")
 
+    def train_view(self, monitor: Any) -> None:
+        self._train = _train_view(self, monitor, self._display)
+
+    def close(self) -> None:
+        _close_train_view(self)
+
 
 class OutputWidgetSink(Sink):
     """Writes into an ipywidgets Output shown in the launching cell, from any thread."""
@@ -136,6 +142,36 @@ class OutputWidgetSink(Sink):
 
     def status(self, text: str) -> None:
         self.stream("stderr", f"lepton: {text}\n")
+
+    def train_view(self, monitor: Any) -> None:
+        self._train = _train_view(self, monitor, self._append_widget)
+
+    def close(self) -> None:
+        _close_train_view(self)
+
+
+def _train_view(sink: Sink, monitor: Any, show: Any) -> Any:
+    """The sink's live training view (created on the first report), updated; None without
+    ipywidgets (the text sink's epoch lines are used then)."""
+    view = getattr(sink, "_train", None)
+    if view is None:
+        if _widgets() is None:
+            from .remote._sink import TextSink
+
+            TextSink.train_view(sink, monitor)  # type: ignore[arg-type]
+            return None
+        from ._train_view import TrainView
+
+        view = TrainView(show)
+    sink._train_monitor = monitor  # type: ignore[attr-defined]
+    view.update(monitor)
+    return view
+
+
+def _close_train_view(sink: Sink) -> None:
+    view = getattr(sink, "_train", None)
+    if view is not None:
+        view.update(sink._train_monitor, final=True)  # type: ignore[attr-defined]
 
 
 def local_progress_hook() -> Any:

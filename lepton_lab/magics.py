@@ -52,6 +52,23 @@ SPMD on a warm group of ranks (torch.distributed is ready; state stays between c
     import torch.distributed as dist
     print("rank", dist.get_rank(), "of", dist.get_world_size())
 
+Train with Ray Train (DDP, restarts from checkpoints, live curves; `%%lepton train -h`)::
+
+    %%lepton train --workers 2 --max-failures 1
+    from lepton_lab.training import epochs, prepare_loader, prepare_model, report
+    model = prepare_model(Net()); loader = prepare_loader((X, Y), batch_size=64)
+    opt = torch.optim.Adam(model.parameters())
+    for epoch in epochs(10, model=model, optimizer=opt):
+        for x, y in loader:
+            opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+            report(loss=loss.item())
+
+Search hyperparameters with Ray Tune (`%%lepton tune -h`)::
+
+    %%lepton tune --samples 8 --scheduler asha --metric acc --mode max
+    search_space = {"lr": tune.loguniform(1e-4, 1e-1)}
+    ...  # the cell reads config["lr"] and calls report(acc=...)
+
 Outlive the kernel, then come back::
 
     %%lepton --detach --name nightly
@@ -71,6 +88,7 @@ Line commands (`%lepton COMMAND`)
   cancel JOB              cancel a running job and free its resources
   group [info|stop|restart|resize N]   the kernel's warm group of ranks (--workers):
                           show it, stop it, restart it (after a dead rank), resize it
+  runs [RUN] [--limit N]  training and tuning runs: metrics, best/last checkpoints
   audit [--limit N] [--job JOB]   the audit log of submissions
   stop-cluster            stop the embedded local cluster (all kernels lose it)
 """
@@ -202,6 +220,9 @@ def line_parser() -> _Parser:
     a = sub.add_parser("audit", add_help=False)
     a.add_argument("--limit", type=_positive_int, default=20)
     a.add_argument("--job")
+    r = sub.add_parser("runs", add_help=False)
+    r.add_argument("run", nargs="?", help="a run id, prefix or name: show it in full")
+    r.add_argument("--limit", type=_positive_int, default=20)
     sub.add_parser("stop-cluster", add_help=False)
     sub.add_parser("help", add_help=False)
     return p
@@ -250,6 +271,9 @@ class LeptonMagics(Magics):
 
     # -- cells ------------------------------------------------------------------------------
     def _cell(self, line: str, cell: str) -> Any:
+        words = _split(line)
+        if words and words[0] in ("train", "tune"):
+            return self._training_cell(words[0], words[1:], cell)
         spec = parse_cell_line(line)
         if spec is None:
             print(cell_parser().format_help())
@@ -269,6 +293,32 @@ class LeptonMagics(Magics):
         from ._display import CellSink
 
         run_cell(cell, ns, spec, CellSink(), origin=self._origin())
+        return None
+
+    def _training_cell(self, kind: str, words: list[str], cell: str) -> Any:
+        from . import _magic_train as mt
+
+        spec = mt.parse_train_line(words) if kind == "train" else mt.parse_tune_line(words)
+        if spec is None:
+            print((mt.train_parser() if kind == "train" else mt.tune_parser()).format_help())
+            return None
+        if not cell.strip():
+            raise LeptonUsageError(f"the %%lepton {kind} cell is empty; put the training code "
+                                   "below the magic line")
+        from . import cluster
+        from ._display import CellSink
+        from .remote._analysis import analyze
+
+        analyze(cell)
+        self._announce(cluster)
+        if kind == "train":
+            from .training._run import run_train
+
+            run_train(cell, self.shell.user_ns, spec, CellSink(), origin=self._origin())
+        else:
+            from .training._tune import run_tune
+
+            run_tune(cell, self.shell.user_ns, spec, CellSink(), origin=self._origin())
         return None
 
     def _announce(self, cluster: Any) -> None:
@@ -427,6 +477,16 @@ class LeptonMagics(Magics):
                       f"{'busy' if r['busy'] else 'idle'}, {r['cells']} cell(s), "
                       f"{r['variables']} variable(s)")
         return None
+
+    def _cmd_runs(self, args: argparse.Namespace) -> None:
+        from ._magic_train import format_run, format_runs
+        from .store import get_store
+
+        store = get_store()
+        if args.run:
+            print(format_run(store.get_run(args.run)))
+        else:
+            print(format_runs(store.list_runs(limit=args.limit)))
 
     def _cmd_audit(self, args: argparse.Namespace) -> None:
         import time

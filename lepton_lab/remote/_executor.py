@@ -405,6 +405,7 @@ def execute(payload: dict[str, Any], ns: dict[str, Any], emitter: Emitter) -> di
         result["error"] = _format_error(exc, filename)
     finally:
         sys.stdout, sys.stderr = old_out, old_err
+        _flush_training()
         _STATE.emitter = None
         for k, v in saved_env.items():
             if v is None:
@@ -416,6 +417,16 @@ def execute(payload: dict[str, Any], ns: dict[str, Any], emitter: Emitter) -> di
         result["values"], result["skipped"] = pack_values(ns, names)
     result["elapsed"] = time.time() - start
     return result
+
+
+def _flush_training() -> None:
+    """Send the training metrics a cell reported but not yet sent (only if it used them)."""
+    helpers = sys.modules.get("lepton_lab.training._helpers")
+    if helpers is not None:
+        try:
+            helpers.flush()
+        except Exception:  # noqa: BLE001 - never turn a finished cell into a failure here
+            pass
 
 
 class _nullcontext:

@@ -286,13 +286,14 @@ def run_group_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: S
     job_id = record_submission("group-cell", body, an, spec, conn.address, origin)
     tee = LogTee(sink)
     folder = RankFolder(tee, group.world, spec.all_ranks, cfg.rank_tail_lines)
-    gens = {}
-    for rank, actor in enumerate(group.actors):
-        p = payload if rank == 0 else dict(payload, pull=False)
-        gens[actor.run.remote(p)] = rank
+    gens: dict[Any, int] = {}
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     with Recorder(job_id, tee):
         try:
+            # submitted inside the try: a Ctrl-C right after submission still interrupts
+            for rank, actor in enumerate(group.actors):
+                p = payload if rank == 0 else dict(payload, pull=False)
+                gens[actor.run.remote(p)] = rank
             results = consume(gens, folder.handle, deadline=deadline, fail_fast=group.world > 1)
         except RankDied as dead:
             # the other ranks may wait forever in a collective on the dead one: stop them all

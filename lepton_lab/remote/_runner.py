@@ -328,8 +328,11 @@ class Recorder:
         elif exc is not None:
             status, error = "failed", str(exc) or type(exc).__name__
         self.tee.close()
-        get_store().finish_job(self.job_id, status, error=error[:2000] if error else None,
-                               log=self.tee.text)
+        store = get_store()
+        for text in self.tee.warnings:
+            store.add_job_warning(self.job_id, text)
+        store.finish_job(self.job_id, status, error=error[:2000] if error else None,
+                         log=self.tee.text)
 
 
 def apply_outcome(outcome: CellOutcome, namespace: dict[str, Any], tee: Sink,
@@ -361,7 +364,6 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     if conn.is_client:
         return _run_through_keeper(job_id, payload, spec, namespace, tee, deadline)
-    gen = _remote_task().options(name=f"lepton:{job_id}", **spec.ray_options()).remote(payload)
     noted = []
 
     def idle(waited: float) -> None:
@@ -371,16 +373,20 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
             if note:
                 tee.status(note)
 
+    gens: list[Any] = []
     with Recorder(job_id, tee):
         try:
-            results = consume({gen: None}, lambda _r, ev: tee.handle(ev), deadline=deadline,
+            # submitted inside the try: a Ctrl-C right after submission still cancels it
+            gens.append(_remote_task().options(name=f"lepton:{job_id}",
+                                               **spec.ray_options()).remote(payload))
+            results = consume({gens[0]: None}, lambda _r, ev: tee.handle(ev), deadline=deadline,
                               idle=idle)
         except KeyboardInterrupt:
-            cancel_streams([gen])
+            cancel_streams(gens)
             tee.status("interrupted: the remote work was cancelled and its resources freed")
             raise
         except CellTimeout:
-            cancel_streams([gen])
+            cancel_streams(gens)
             raise CellTimeout(f"the cell ran past --timeout {spec.timeout:g} s; the remote work "
                               "was cancelled and its resources freed") from None
         outcome = finish_outcome(job_id, results, lambda _r: "remote cell")

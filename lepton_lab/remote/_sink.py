@@ -34,6 +34,12 @@ class Sink:
     def close(self) -> None:
         pass
 
+    def train_event(self, payload: dict[str, Any]) -> None:
+        """A rank's training report (see :mod:`lepton_lab.training._monitor`)."""
+
+    def train_view(self, monitor: Any) -> None:
+        """Show the training job's state (a :class:`TrainMonitor`) after it changed."""
+
     def handle(self, event: tuple) -> None:
         kind = event[0]
         if kind == "stream":
@@ -44,6 +50,8 @@ class Sink:
             self.progress(*event[1:])
         elif kind == "clear":
             self.clear(event[1])
+        elif kind == "train":
+            self.train_event(event[1])
 
 
 class TextSink(Sink):
@@ -58,6 +66,13 @@ class TextSink(Sink):
         if total and n >= total:
             self.stream("stderr", f"{desc or 'progress'}: {n}/{total} ({rate:.1f}/s)\n")
 
+    def train_view(self, monitor: Any) -> None:
+        # one line per whole epoch reached (the widget view redraws instead)
+        epoch = int(monitor.epoch) if monitor.epoch is not None else None
+        if epoch is not None and epoch != getattr(self, "_train_epoch", None):
+            self._train_epoch = epoch
+            self.stream("stderr", f"train: {monitor.summary_line()}\n")
+
 
 class LogTee(Sink):
     """Keeps a bounded tail of the text output (for the job record) and forwards everything."""
@@ -66,6 +81,7 @@ class LogTee(Sink):
         self.inner, self.limit = inner, limit
         self._parts: deque[str] = deque()
         self._size = 0
+        self.monitor: Any = None  # a TrainMonitor once the first training report arrives
 
     def _keep(self, text: str) -> None:
         self._parts.append(text)
@@ -88,6 +104,20 @@ class LogTee(Sink):
     def progress(self, *args: Any) -> None:
         self.inner.progress(*args)
 
+    def train_event(self, payload: dict[str, Any]) -> None:
+        if self.monitor is None:
+            from ..training._monitor import TrainMonitor
+
+            self.monitor = TrainMonitor()
+        self.monitor.add(payload)
+        for text in self.monitor.take_new_warnings():
+            self.status(f"WARNING {text}")
+        self.inner.train_view(self.monitor)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.monitor.warnings) if self.monitor is not None else []
+
     def clear(self, wait: bool) -> None:
         self.inner.clear(wait)
 
@@ -108,7 +138,8 @@ class RankFolder:
         self._partial: dict[tuple[int, str], str] = {}
 
     def handle(self, rank: int | None, event: tuple) -> None:
-        if rank is None or self.world == 1 or (rank == 0 and not self.all_ranks):
+        if (rank is None or self.world == 1 or (rank == 0 and not self.all_ranks)
+                or event[0] == "train"):  # training reports of every rank feed the monitor
             self.sink.handle(event)
             return
         if self.all_ranks:

@@ -36,4 +36,27 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_job ON audit(job_id);
     """,
+    # 2: warnings on jobs; training runs (one per train/tune call inside a job)
+    """
+    ALTER TABLE jobs ADD COLUMN warnings TEXT;        -- JSON list of strings
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        job_id TEXT,
+        kind TEXT NOT NULL,            -- train | tune
+        name TEXT,
+        user TEXT NOT NULL,
+        status TEXT NOT NULL,          -- running | succeeded | failed | cancelled
+        created REAL NOT NULL,
+        finished REAL,
+        config TEXT,                   -- JSON dict: flags, workers, ...
+        history TEXT,                  -- JSON list of dicts, one per reported point, bounded
+        metrics TEXT,                  -- JSON dict: final metrics
+        best_checkpoint TEXT,
+        last_checkpoint TEXT,
+        storage TEXT,
+        error TEXT
+    );
+    CREATE INDEX runs_job ON runs(job_id);
+    CREATE INDEX runs_created ON runs(created);
+    """,
 ]

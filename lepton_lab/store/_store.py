@@ -20,6 +20,13 @@ from ._schema import MIGRATIONS
 #: Largest log tail kept per job in the store (characters).
 LOG_LIMIT = 256 * 1024
 FINAL_STATES = ("succeeded", "failed", "cancelled", "timeout", "lost")
+#: Most warnings kept per job (the newest win).
+WARNINGS_LIMIT = 100
+#: Most history points kept per training run (the newest win).
+HISTORY_LIMIT = 20_000
+RUN_KINDS = ("train", "tune")
+RUN_STATES = ("running", "succeeded", "failed", "cancelled")
+RUN_FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 def current_user() -> str:
@@ -44,6 +51,7 @@ class JobRecord:
     origin: str | None = None
     error: str | None = None
     log: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def elapsed(self) -> float | None:
@@ -61,8 +69,36 @@ class JobRecord:
         return d
 
 
+@dataclass
+class RunRecord:
+    """One training run (a train or tune call inside a job), JSON columns decoded."""
+
+    id: str
+    job_id: str | None
+    kind: str
+    name: str | None
+    user: str
+    status: str
+    created: float
+    finished: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_checkpoint: str | None = None
+    last_checkpoint: str | None = None
+    storage: str | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in RUN_FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 class Store:
-    """Jobs and the audit log in one SQLite file, safe for concurrent writers."""
+    """Jobs, training runs and the audit log in one SQLite file, safe for concurrent writers."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -177,6 +213,18 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE jobs SET log=? WHERE id=?", (log[-LOG_LIMIT:], job_id))
 
+    def add_job_warning(self, job_id: str, text: str) -> None:
+        """Append a warning to a job (identical text is kept once; the newest 100 are kept)."""
+        with self._tx() as db:
+            row = db.execute("SELECT warnings FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                return
+            warnings = json.loads(row["warnings"]) if row["warnings"] else []
+            if text in warnings:
+                return
+            warnings = (warnings + [text])[-WARNINGS_LIMIT:]
+            db.execute("UPDATE jobs SET warnings=? WHERE id=?", (json.dumps(warnings), job_id))
+
     def get_job(self, job_id: str) -> JobRecord:
         row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
@@ -207,6 +255,101 @@ class Store:
         sql += " ORDER BY created DESC LIMIT ?"
         args.append(limit)
         return [_job_from_row(r) for r in self._conn().execute(sql, args)]
+
+    # -- training runs ----------------------------------------------------------------------
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        job_id: str | None,
+        kind: str,
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        storage: str | None = None,
+    ) -> RunRecord:
+        """Record a training run that has just started (status ``running``)."""
+        if kind not in RUN_KINDS:
+            raise ValueError(f"run kind must be one of {RUN_KINDS}, not {kind!r}")
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (id, job_id, kind, name, user, status, created, config,"
+                " history, metrics, storage) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, job_id, kind, name, current_user(), "running", time.time(),
+                 _dumps(config or {}), "[]", "{}", storage),
+            )
+        return self.get_run(run_id)
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: str | None = None,
+        history: list[dict[str, Any]] | None = None,
+        metrics: dict[str, Any] | None = None,
+        best_checkpoint: str | None = None,
+        last_checkpoint: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Change the given fields of a run; False when no run has that id.
+
+        ``history`` replaces the stored list (bounded to the newest ``HISTORY_LIMIT``
+        points); a final ``status`` sets ``finished`` (the first time only).
+        """
+        if status is not None and status not in RUN_STATES:
+            raise ValueError(f"run status must be one of {RUN_STATES}, not {status!r}")
+        sets: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            sets.append("status=?")
+            args.append(status)
+            if status in RUN_FINAL_STATES:
+                sets.append("finished=COALESCE(finished, ?)")
+                args.append(time.time())
+        if history is not None:
+            sets.append("history=?")
+            args.append(_dumps(list(history)[-HISTORY_LIMIT:]))
+        for column, value in (("metrics", metrics), ("best_checkpoint", best_checkpoint),
+                              ("last_checkpoint", last_checkpoint), ("error", error)):
+            if value is not None:
+                sets.append(f"{column}=?")
+                args.append(_dumps(value) if column == "metrics" else value)
+        with self._tx() as db:
+            if not sets:
+                return db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone() \
+                    is not None
+            cur = db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", (*args, run_id))
+            return cur.rowcount > 0
+
+    def get_run(self, key: str) -> RunRecord:
+        """A run by id, unique id prefix, or name (the newest run of that name)."""
+        conn = self._conn()
+        row = conn.execute("SELECT * FROM runs WHERE id=?", (key,)).fetchone()
+        ambiguous = False
+        if row is None and key:
+            rows = conn.execute("SELECT * FROM runs WHERE substr(id, 1, ?) = ? LIMIT 2",
+                                (len(key), key)).fetchall()
+            if len(rows) == 1:
+                row = rows[0]
+            ambiguous = len(rows) > 1
+        if row is None:
+            row = conn.execute("SELECT * FROM runs WHERE name=? ORDER BY created DESC,"
+                               " rowid DESC LIMIT 1", (key,)).fetchone()
+        if row is None and ambiguous:
+            raise JobNotFound(f"{key!r} matches several training runs; give more of the id "
+                              "(`%lepton runs` lists them)")
+        if row is None:
+            raise JobNotFound(f"no training run {key!r}; `%lepton runs` lists them")
+        return _run_from_row(row)
+
+    def list_runs(self, kind: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """Training runs, newest first, optionally only those of one kind."""
+        sql, args = "SELECT * FROM runs", []
+        if kind:
+            sql += " WHERE kind=?"
+            args.append(kind)
+        sql += " ORDER BY created DESC, rowid DESC LIMIT ?"
+        args.append(limit)
+        return [_run_from_row(r) for r in self._conn().execute(sql, args)]
 
     # -- audit ------------------------------------------------------------------------------
     def audit(self, action: str, *, job_id: str | None = None, cluster: str | None = None,
@@ -241,7 +384,35 @@ class Store:
 def _job_from_row(row: sqlite3.Row) -> JobRecord:
     d = dict(row)
     d["resources"] = json.loads(d["resources"]) if d["resources"] else {}
+    d["warnings"] = json.loads(d["warnings"]) if d.get("warnings") else []
     return JobRecord(**d)
+
+
+def _run_from_row(row: sqlite3.Row) -> RunRecord:
+    d = dict(row)
+    d["config"] = json.loads(d["config"]) if d["config"] else {}
+    d["history"] = json.loads(d["history"]) if d["history"] else []
+    d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+    return RunRecord(**d)
+
+
+def _dumps(value: Any) -> str:
+    """JSON for config/history/metrics: numpy and torch scalars become numbers, and
+    anything else JSON cannot hold becomes its string form rather than failing the write."""
+    return json.dumps(value, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    for convert in ("item", "tolist"):   # numpy/torch scalars and small arrays
+        fn = getattr(obj, convert, None)
+        if callable(fn):
+            try:
+                return fn()
+            except Exception:
+                pass
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    return str(obj)
 
 
 _STORE: Store | None = None

@@ -1,20 +1,21 @@
-"""Training helpers for cells on the warm group (``%%lepton --workers N``).
+"""Training helpers for cells: the warm group (``%%lepton --workers N``), ``%%lepton train``
+(Ray Train, fault tolerant) and ``%%lepton tune`` use the same ones::
 
-They make plain PyTorch DDP short to write and work the same with one rank or many::
-
-    %%lepton --workers 2
-    from lepton_lab.training import prepare_model, prepare_loader, report
-    model = prepare_model(Net())                 # on this rank's device, wrapped in DDP
-    loader = prepare_loader(train_set, batch_size=64)   # each rank gets its own shard
-    for epoch in range(3):
-        loader.sampler.set_epoch(epoch)
+    %%lepton train --workers 2 --max-failures 1
+    from lepton_lab.training import epochs, prepare_loader, prepare_model, report
+    model = prepare_model(Net())                       # on this rank's device, in DDP
+    loader = prepare_loader((X, Y), batch_size=64)     # each rank gets its own shard
+    opt = torch.optim.Adam(model.parameters())
+    for epoch in epochs(10, model=model, optimizer=opt):   # checkpoints, resumes after a failure
         for x, y in loader:
             ...
-        report(epoch=epoch, loss=loss.item())    # live curve and NaN warnings in the cell
+            report(loss=loss.item())                   # live progress, curves and warnings
 """
 
-from ._helpers import (device, history, is_main, prepare_loader, prepare_model, rank, report,
-                       reset, shard, world_size)
+from ._helpers import (TrainingStopped, autocast, device, epochs, history, is_main,
+                       load_checkpoint, prepare_loader, prepare_model, rank, report, reset,
+                       save_checkpoint, shard, world_size)
 
-__all__ = ["device", "history", "is_main", "prepare_loader", "prepare_model", "rank", "report",
-           "reset", "shard", "world_size"]
+__all__ = ["TrainingStopped", "autocast", "device", "epochs", "history", "is_main",
+           "load_checkpoint", "prepare_loader", "prepare_model", "rank", "report", "reset",
+           "save_checkpoint", "shard", "world_size"]

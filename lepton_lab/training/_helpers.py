@@ -1,19 +1,72 @@
-"""The helpers behind :mod:`lepton_lab.training` (no IPython; runs on the ranks)."""
+"""The helpers behind :mod:`lepton_lab.training` (no IPython; they run on the ranks).
+
+One process is one rank, so the training context is a module-level :class:`_Run`: it is set
+up by ``%%lepton train`` / ``%%lepton tune`` (mode, checkpoint cadence, resume source) and
+is plain "interactive" in a warm group or a local process.
+"""
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import io
 import math
+import os
+import statistics
 import sys
+import tempfile
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Iterator
 
+#: Seconds between two ``train`` events from one rank (the kernel redraws at most this often).
+EMIT_INTERVAL = 0.25
+#: A gradient norm this many times the median of the recent ones counts as exploding.
+GRAD_EXPLOSION = 50.0
+#: GPU memory in use above this fraction of the device is worth a warning.
+GPU_MEMORY_WARN = 0.95
+CHECKPOINT_FILE = "lepton_state.pt"
+
+
+class TrainingStopped(Exception):
+    """Raised on every rank when ``--stop-on-nan`` sees a non-finite loss."""
+
+
+class _Run:
+    def __init__(self, mode: str = "interactive", **opts: Any):
+        self.mode = mode
+        self.checkpoint_every = int(opts.get("checkpoint_every") or 1)
+        self.stop_on_nan = bool(opts.get("stop_on_nan"))
+        self.bf16 = bool(opts.get("bf16"))
+        self.attempt = int(opts.get("attempt") or 1)
+        self.resume: Any = opts.get("resume")         # checkpoint dict for transfer learning
+        self.epochs: int | None = None
+        self.epoch: int | None = None
+        self.steps_per_epoch: int | None = None
+        self.step_in_epoch = 0
+        self.step = 0.0
+        self.points: list[list[Any]] = []
+        self.samples = 0
+        self.last_emit = time.monotonic()
+        self.warnings: list[str] = []
+        self.warned: set[str] = set()
+        self.model: Any = None
+        self.grad_norms: deque[float] = deque(maxlen=50)
+        self.last_grad_check = 0.0
+        self.last_mem_check = 0.0
+        self.latest: dict[str, float] = {}
+
+
+_RUN = _Run()
 _HISTORY: dict[str, list[tuple[float, float]]] = {}
-_LAST_PLOT = [0.0]
-_PLOT_ID = "lepton-train-curve"
 
 
+def configure(mode: str, **opts: Any) -> None:
+    """Set this process's training context (called by the train and tune wrappers)."""
+    global _RUN
+    _RUN = _Run(mode, **opts)
+
+
+# -- who am I ---------------------------------------------------------------------------------
 def _dist():
     try:
         import torch.distributed as dist
@@ -45,20 +98,23 @@ def device():
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
+# -- model and data ---------------------------------------------------------------------------
 def prepare_model(model, *, find_unused_parameters: bool = False):
     """Move ``model`` to this rank's device and wrap it in DDP when there are several ranks.
 
     With one rank the model is returned unwrapped: DDP over one process only adds overhead.
+    The model is also watched for exploding gradients (see :func:`report`).
     """
     import torch
 
     model = model.to(device())
     if world_size() > 1:
         # DDP all-reduces gradients during backward; NCCL on GPUs, gloo on CPUs (set up by
-        # the warm group), so the same cell runs on a laptop and on a GPU cluster.
+        # the warm group or Ray Train), so the same cell runs on a laptop and on a GPU cluster.
         ids = [0] if device().type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+    _RUN.model = model
     return model
 
 
@@ -70,37 +126,212 @@ def shard(data: Any) -> Any:
     return data[start:stop]
 
 
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if isinstance(first, dict):
+        first = next(iter(first.values()), None)
+    try:
+        return len(first)
+    except TypeError:
+        return 1
+
+
+def _loader_class():
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    class Loader(DataLoader):
+        """A DataLoader that counts samples for the live throughput and reshuffles each epoch
+        of :func:`epochs` by itself."""
+
+        def __iter__(self) -> Iterator[Any]:
+            run = _RUN
+            run.steps_per_epoch = len(self)
+            if isinstance(self.sampler, DistributedSampler) and run.epoch is not None:
+                self.sampler.set_epoch(run.epoch)
+            for batch in super().__iter__():
+                run.samples += _batch_len(batch)
+                run.step_in_epoch += 1
+                yield batch
+
+    return Loader
+
+
 def prepare_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                    drop_last: bool = False, **kwargs: Any):
     """A DataLoader over this rank's part of ``dataset`` (a DistributedSampler when there are
-    several ranks; call ``loader.sampler.set_epoch(epoch)`` each epoch to reshuffle)."""
+    several ranks). Inside :func:`epochs` it reshuffles every epoch by itself; otherwise call
+    ``loader.sampler.set_epoch(epoch)``. A tuple of tensors is accepted as a dataset."""
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from torch.utils.data import DistributedSampler, TensorDataset
 
     if isinstance(dataset, tuple) and all(isinstance(t, torch.Tensor) for t in dataset):
         dataset = TensorDataset(*dataset)
+    loader_cls = _loader_class()
     if world_size() > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(),
                                      shuffle=shuffle, seed=seed, drop_last=drop_last)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+        return loader_cls(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           **kwargs)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+    return loader_cls(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       **kwargs)
 
 
-def report(step: float | None = None, *, plot_every: float = 1.0, **metrics: float) -> None:
-    """Record metrics for this step. On rank 0 a live curve is updated in the cell (at most
-    every ``plot_every`` seconds); on any rank a non-finite value prints a warning."""
-    step = float(len(next(iter(_HISTORY.values()), [])) if step is None else step)
-    for name, value in metrics.items():
-        value = float(value)
+def autocast(enabled: bool | None = None):
+    """bf16 autocast on a GPU (``%%lepton train --bf16`` turns it on); a no-op on the CPU.
+
+    bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling::
+
+        with lepton.training.autocast():
+            loss = loss_fn(model(x), y)
+    """
+    import torch
+
+    on = _RUN.bf16 if enabled is None else enabled
+    if on and torch.cuda.is_available():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -- metrics and early warnings ---------------------------------------------------------------
+def report(step: float | None = None, *, samples: int | None = None,
+           plot_every: float | None = None, **metrics: float) -> None:
+    """Record metrics for this step; the launching cell shows them live.
+
+    On every rank: throughput (samples counted by :func:`prepare_loader`, or ``samples=``),
+    and early warnings: a non-finite metric, an exploding gradient norm of the model given to
+    :func:`prepare_model`, GPU memory close to full. With ``--stop-on-nan`` a non-finite loss
+    stops every rank together. ``plot_every`` (seconds) overrides how often the cell redraws.
+    """
+    run = _RUN
+    run.step = float(run.step + 1 if step is None else step)
+    if samples is not None:
+        run.samples += int(samples)
+    values = {name: float(value) for name, value in metrics.items()}
+    for name, value in values.items():
+        _HISTORY.setdefault(name, []).append((run.step, value))
         if not math.isfinite(value):
-            print(f"lepton: WARNING rank {rank()}: {name} is {value} at step {step:g}",
-                  file=sys.stderr)
-        _HISTORY.setdefault(name, []).append((step, value))
-    if is_main() and time.monotonic() - _LAST_PLOT[0] >= plot_every:
-        _LAST_PLOT[0] = time.monotonic()
-        _show_curve()
+            _warn(f"{name} is {value} at step {run.step:g}", key=f"nonfinite:{name}")
+    run.latest.update(values)
+    run.points.append([run.step, _epoch_position(), values])
+    now = time.monotonic()
+    if now - run.last_grad_check >= 1.0 and run.model is not None:
+        run.last_grad_check = now
+        _check_gradients(run)
+    if now - run.last_mem_check >= 5.0:
+        run.last_mem_check = now
+        _check_gpu_memory()
+    if run.stop_on_nan:
+        bad = [n for n, v in values.items() if "loss" in n.lower() and not math.isfinite(v)]
+        if _any_rank(bool(bad)):
+            _emit(force=True)
+            raise TrainingStopped(
+                f"training stopped at step {run.step:g}: "
+                + (f"{bad[0]} is {values[bad[0]]}" if bad else "another rank's loss is not finite")
+                + " (--stop-on-nan)")
+    if run.mode == "tune" and run.epoch is None:
+        # outside epochs() every report is a Tune iteration; inside, each epoch is one
+        from ray import tune
+
+        tune.report(dict(values, step=run.step))
+    interval = EMIT_INTERVAL if plot_every is None else plot_every
+    if now - run.last_emit >= interval:
+        _emit()
+
+
+def _epoch_position() -> float | None:
+    run = _RUN
+    if run.epoch is None:
+        return None
+    if run.steps_per_epoch:
+        return run.epoch + min(run.step_in_epoch / run.steps_per_epoch, 1.0)
+    return float(run.epoch)
+
+
+def _warn(text: str, key: str | None = None) -> None:
+    key = key or text
+    if key in _RUN.warned:
+        return
+    _RUN.warned.add(key)
+    _RUN.warnings.append(text)
+    from ..remote._executor import current_emitter
+
+    if current_emitter() is None:  # in a cell the kernel shows it, once, from the report
+        print(f"lepton: WARNING rank {rank()}: {text}", file=sys.stderr)
+    else:
+        _emit(force=True)
+
+
+def _check_gradients(run: _Run) -> None:
+    import torch
+
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norm = float(torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])))
+    past = list(run.grad_norms)
+    run.grad_norms.append(norm)
+    if not math.isfinite(norm):
+        _warn(f"gradient norm is {norm} at step {run.step:g}", key="grad:nonfinite")
+    elif len(past) >= 5:
+        median = statistics.median(past)
+        if median > 0 and norm > GRAD_EXPLOSION * median:
+            _warn(f"gradient norm exploded to {norm:.3g} at step {run.step:g} (recent median "
+                  f"{median:.3g}); lower the learning rate or clip gradients", key="grad:explode")
+
+
+def _check_gpu_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return
+    try:
+        free, total = torch.cuda.mem_get_info()
+    except Exception:  # noqa: BLE001 - no context yet on this device
+        return
+    used = 1.0 - free / total
+    if used >= GPU_MEMORY_WARN:
+        _warn(f"GPU memory is {used:.0%} full ({(total - free) / 2**30:.1f} of "
+              f"{total / 2**30:.1f} GiB); a larger batch will run out of memory",
+              key="gpu-memory")
+
+
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (a tiny all-reduce; every rank must call it)."""
+    d = _dist()
+    if d is None:
+        return flag
+    import torch
+
+    t = torch.tensor([1.0 if flag else 0.0],
+                     device=device() if d.get_backend() == "nccl" else "cpu")
+    d.all_reduce(t, op=d.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _emit(force: bool = False) -> None:
+    """Send what this rank reported since the last event to the launching cell."""
+    from ..remote._executor import current_emitter
+
+    run = _RUN
+    now = time.monotonic()
+    emitter = current_emitter()
+    if emitter is None or (not force and not run.points and not run.samples
+                           and not run.warnings):
+        run.last_emit = now
+        return
+    payload = {"rank": rank(), "world": world_size(), "attempt": run.attempt,
+               "epochs": run.epochs, "steps_per_epoch": run.steps_per_epoch,
+               "points": run.points, "samples": run.samples,
+               "seconds": now - run.last_emit, "warnings": run.warnings}
+    run.points, run.samples, run.warnings = [], 0, []
+    run.last_emit = now
+    emitter.emit(("train", payload))
+
+
+def flush() -> None:
+    """Send whatever is still buffered (the cell wrappers call this when a cell ends)."""
+    if _RUN.points or _RUN.samples or _RUN.warnings:
+        _emit(force=True)
 
 
 def history() -> dict[str, list[tuple[float, float]]]:
@@ -109,32 +340,143 @@ def history() -> dict[str, list[tuple[float, float]]]:
 
 
 def reset() -> None:
+    """Forget the history and the training context (a fresh interactive run)."""
     _HISTORY.clear()
-    _LAST_PLOT[0] = 0.0
+    configure("interactive")
 
 
-def _show_curve() -> None:
-    from ..remote._executor import current_emitter
+# -- epochs and checkpoints -------------------------------------------------------------------
+def epochs(n: int, **state: Any) -> Iterator[int]:
+    """Iterate over epochs ``0..n-1`` with progress, checkpoints and resumption::
 
-    emitter = current_emitter()
-    if emitter is None or not _HISTORY:
+        for epoch in lepton.training.epochs(15, model=model, optimizer=opt):
+            for x, y in loader:
+                ...
+
+    ``state`` names the objects to checkpoint (anything with ``state_dict``). Under
+    ``%%lepton train`` a checkpoint is saved every ``--checkpoint-every`` epochs and after the
+    last; after a worker failure the run restarts here from the latest checkpoint, and
+    ``--resume-from`` loads an earlier run's weights before epoch 0 (transfer learning).
+    """
+    run = _RUN
+    run.epochs = int(n)
+    first = 0
+    restart = _restart_checkpoint()
+    if restart is not None:
+        _load_states(state, restart.get("state", {}))
+        first = int(restart.get("epoch", -1)) + 1
+        print(f"lepton: resumed from the checkpoint of epoch {first - 1} "
+              f"(attempt {run.attempt})", file=sys.stderr)
+    elif run.resume is not None:
+        _load_states(state, run.resume.get("state", {}), strict=False)
+    for epoch in range(first, run.epochs):
+        run.epoch, run.step_in_epoch = epoch, 0
+        yield epoch
+        due = epoch == run.epochs - 1 or (epoch + 1) % run.checkpoint_every == 0
+        if run.mode in ("train", "tune") and state and due:
+            save_checkpoint(epoch=epoch, **state)
+        elif run.mode == "tune":
+            from ray import tune
+
+            tune.report(dict(run.latest, epoch=epoch))
+    run.epoch = run.epochs
+    _emit(force=True)
+
+
+def _state_of(obj: Any) -> Any:
+    obj = getattr(obj, "module", obj)  # DDP: save the plain model's keys
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
+def _load_states(objects: dict[str, Any], saved: dict[str, Any], strict: bool = True) -> None:
+    for name, obj in objects.items():
+        if name not in saved:
+            continue
+        target = getattr(obj, "module", obj)
+        if hasattr(target, "load_state_dict"):
+            if strict or not hasattr(target, "named_parameters"):
+                target.load_state_dict(saved[name])
+            else:
+                # transfer learning: take the layers whose shapes still match
+                own = target.state_dict()
+                fit = {k: v for k, v in saved[name].items()
+                       if k in own and getattr(v, "shape", None) == own[k].shape}
+                target.load_state_dict(fit, strict=False)
+
+
+def save_checkpoint(epoch: int | None = None, *, metrics: dict[str, float] | None = None,
+                    path: str | None = None, **objects: Any) -> None:
+    """Checkpoint ``objects`` (their ``state_dict``) with ``epoch`` and the latest metrics.
+
+    Under ``%%lepton train`` every rank must call it (Ray Train registers the checkpoint
+    once all ranks have); rank 0's copy is kept. Elsewhere give ``path`` (a file).
+    """
+    import torch
+
+    run = _RUN
+    metrics = dict(run.latest if metrics is None else metrics)
+    if epoch is not None:
+        metrics["epoch"] = epoch
+    blob = {"epoch": epoch, "metrics": metrics,
+            "state": {name: _state_of(obj) for name, obj in objects.items()}}
+    if path is not None:
+        torch.save(blob, path)
         return
-    from matplotlib.figure import Figure
+    if run.mode == "train":
+        from ray import train
 
-    fig = Figure(figsize=(5, 2.6))
-    ax = fig.add_subplot()
-    for name, points in _HISTORY.items():
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, label=name)
-    ax.set_xlabel("step")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+        if is_main():
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(blob, os.path.join(tmp, CHECKPOINT_FILE))
+                train.report(metrics, checkpoint=train.Checkpoint.from_directory(tmp))
+        else:
+            train.report(metrics)
+    elif run.mode == "tune":
+        from ray import tune
 
-    last = ", ".join(f"{k}={v[-1][1]:.4g}" for k, v in _HISTORY.items())
-    shown = getattr(emitter, "lepton_curve_shown", False)  # first plot of this cell: new
-    emitter.display({"image/png": base64.b64encode(buf.getvalue()).decode(),
-                     "text/plain": f"<training curve: {last}>"},
-                    display_id=_PLOT_ID, update=shown, raw=True)
-    emitter.lepton_curve_shown = True
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(blob, os.path.join(tmp, CHECKPOINT_FILE))
+            tune.report(dict(metrics, step=run.step),
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+    else:
+        raise ValueError("save_checkpoint(path=...) needs a file path outside %%lepton train")
+
+
+def _read_checkpoint_dir(directory: str) -> dict[str, Any]:
+    import torch
+
+    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
+                      weights_only=False)
+
+
+def _restart_checkpoint() -> dict[str, Any] | None:
+    """The latest checkpoint of this run after a restart (Ray Train or Tune), if any."""
+    run = _RUN
+    if run.mode not in ("train", "tune"):
+        return None
+    if run.mode == "train":
+        from ray import train
+
+        ckpt = train.get_checkpoint()
+    else:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return _read_checkpoint_dir(d)
+
+
+def load_checkpoint(source: str | bytes | None = None) -> dict[str, Any] | None:
+    """A checkpoint as a dict (``epoch``, ``metrics``, ``state``): from a file or directory
+    ``source``, or (None) this run's restart checkpoint, else its ``--resume-from``."""
+    import torch
+
+    if source is None:
+        return _restart_checkpoint() or _RUN.resume
+    if isinstance(source, bytes):
+        return torch.load(io.BytesIO(source), map_location="cpu", weights_only=False)
+    if os.path.isdir(source):
+        return _read_checkpoint_dir(source)
+    return torch.load(source, map_location="cpu", weights_only=False)

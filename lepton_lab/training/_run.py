@@ -1,0 +1,230 @@
+"""The kernel side of ``%%lepton train``: validate, ship, submit, watch, record the run."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cluster import ensure_connected
+from ..config import get_config
+from ..errors import CellTimeout, LeptonError, LeptonUsageError
+from ..remote._analysis import analyze
+from ..remote._runner import (CellOutcome, Recorder, apply_outcome, build_payload,
+                              cancel_streams, check_feasible, consume, finish_outcome,
+                              record_submission, ship_values)
+from ..remote._sink import LogTee, Sink
+from ..remote._spec import CellSpec
+from ..store import get_store
+
+MODES = ("min", "max")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What a ``%%lepton train`` cell asks for (built by the magic, the REST API or code)."""
+
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 0
+    checkpoint_every: int = 1
+    keep_checkpoints: int | None = None
+    storage: str | None = None          # a directory or a URL Ray Train accepts (s3://, gs://)
+    resume_from: str | None = None      # a training run id/name, or a checkpoint file/directory
+    metric: str | None = None           # picks the best checkpoint
+    mode: str = "min"
+    stop_on_nan: bool = False
+    bf16: bool = False
+    name: str | None = None
+    timeout: float | None = None
+    out: tuple[str, ...] | None = None
+    pull: bool = True
+    env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    all_ranks: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 1024:
+            raise LeptonUsageError(f"--workers {self.workers} must be between 1 and 1024")
+        if not 0 <= self.max_failures <= 1000:
+            raise LeptonUsageError(f"--max-failures {self.max_failures} must be 0..1000 "
+                                   "(-1 for unlimited is not offered: a broken cell would loop)")
+        if self.checkpoint_every < 1:
+            raise LeptonUsageError(f"--checkpoint-every {self.checkpoint_every} must be at "
+                                   "least 1 (epochs)")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise LeptonUsageError("--keep-checkpoints must be at least 1")
+        if self.mode not in MODES:
+            raise LeptonUsageError(f"--mode {self.mode!r} must be 'min' or 'max'")
+        # the rest (cpus, gpus, name, env, out, timeout) is validated by CellSpec's rules
+        self.cell_spec()
+
+    def cell_spec(self) -> CellSpec:
+        """The per-worker request in CellSpec terms (validation, feasibility, payload)."""
+        return CellSpec(cpus=self.cpus_per_worker, gpus=self.gpus_per_worker,
+                        timeout=self.timeout, name=self.name, out=self.out, pull=self.pull,
+                        env=self.env, all_ranks=self.all_ranks)
+
+    def resources(self) -> dict[str, Any]:
+        d = self.cell_spec().resources()
+        d.update(workers=self.workers, max_failures=self.max_failures)
+        return d
+
+    def config(self) -> dict[str, Any]:
+        """The run's settings as recorded with it."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("env", "out")}
+
+
+def default_storage() -> str:
+    return str(get_config().home_path / "runs")
+
+
+def _checkpoint_file(path: Path) -> Path:
+    from ._helpers import CHECKPOINT_FILE
+
+    return path / CHECKPOINT_FILE if path.is_dir() else path
+
+
+def resolve_resume(source: str) -> bytes:
+    """The bytes of the checkpoint ``--resume-from`` names: a file, a checkpoint directory, or
+    a recorded training run (its best checkpoint)."""
+    path = Path(os.path.expanduser(source))
+    if not path.exists():
+        try:
+            run = get_store().get_run(source)
+        except LeptonUsageError:
+            raise LeptonUsageError(
+                f"--resume-from {source!r} is neither a checkpoint file or directory nor a "
+                "training run; `%lepton runs` lists runs") from None
+        where = run.best_checkpoint or run.last_checkpoint
+        if not where:
+            raise LeptonUsageError(f"training run {run.id} has no checkpoint to resume from; "
+                                   "checkpoints come from lepton.training.epochs(...) or "
+                                   "save_checkpoint(...)")
+        path = Path(where)
+    file = _checkpoint_file(path)
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise LeptonUsageError(f"--resume-from: cannot read {file} ({exc.strerror}); give a "
+                               "checkpoint file or a run id") from None
+
+
+_TASK = None
+
+
+def _train_task():
+    global _TASK
+    if _TASK is None:
+        import ray
+
+        from ._job import run_train_task
+
+        _TASK = ray.remote(num_cpus=0, max_retries=0)(run_train_task)
+    return _TASK
+
+
+def _keep_module_identity(values: dict[str, Any], namespace: dict[str, Any]) -> None:
+    """A trained module whose name already holds a module of the same class is loaded into
+    that object (its state dict), so other references in the notebook see the new weights."""
+    try:
+        import torch
+    except ImportError:
+        return
+    for name, value in list(values.items()):
+        old = namespace.get(name)
+        if (isinstance(value, torch.nn.Module) and type(old) is type(value)
+                and old is not value):
+            try:
+                old.load_state_dict(value.state_dict())
+            except Exception:  # noqa: BLE001 - architecture changed in the cell: replace it
+                continue
+            values[name] = old
+
+
+def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink, *,
+              origin: str | None = None) -> CellOutcome:
+    """Run ``body`` as the per-worker loop of a Ray Train ``TorchTrainer`` run.
+
+    Output streams into ``sink`` (rank 0 live, others tailed), ``train`` reports feed a live
+    view, the assigned names come back from rank 0, and the run is recorded in the store.
+    """
+    an = analyze(body)
+    conn = ensure_connected()
+    if conn.is_client:
+        raise LeptonUsageError(
+            "%%lepton train needs a direct connection: Ray Client (ray://) cannot stream from "
+            "the training workers. Connect with the head's address, e.g. "
+            "`%lepton connect HEAD_IP:6379`")
+    cell = spec.cell_spec()
+    check_feasible(cell, count=spec.workers)
+    resume = resolve_resume(spec.resume_from) if spec.resume_from else None
+    import ray
+
+    values = ship_values(an.reads, namespace)
+    payload = build_payload(an, cell, values)
+    storage = spec.storage or default_storage()
+    if "://" not in storage:
+        storage = str(Path(os.path.expanduser(storage)).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    job_id = record_submission("train", body, an, spec, conn.address, origin)
+    store = get_store()
+    store.create_run(job_id, job_id=job_id, kind="train", name=spec.name,
+                     config=spec.config(), storage=storage)
+    cfg = get_config()
+    opts = {"workers": spec.workers, "cpus_per_worker": spec.cpus_per_worker,
+            "gpus_per_worker": spec.gpus_per_worker, "max_failures": spec.max_failures,
+            "checkpoint_every": spec.checkpoint_every, "keep_checkpoints": spec.keep_checkpoints,
+            "storage": storage, "run_id": job_id, "metric": spec.metric, "mode": spec.mode,
+            "stop_on_nan": spec.stop_on_nan, "bf16": spec.bf16, "all_ranks": spec.all_ranks,
+            "tail_lines": cfg.rank_tail_lines,
+            "resume": ray.put(resume) if resume is not None else None}
+    tee = LogTee(sink)
+    deadline = time.monotonic() + spec.timeout if spec.timeout else None
+
+    def record(status: str, error: str | None = None, run: dict[str, Any] | None = None) -> None:
+        run = run or {}
+        monitor = tee.monitor
+        store.update_run(job_id, status=status, error=error,
+                         history=monitor.history if monitor else None,
+                         metrics=run.get("metrics") or (dict(monitor.latest) if monitor else None),
+                         best_checkpoint=run.get("best_checkpoint"),
+                         last_checkpoint=run.get("last_checkpoint"))
+
+    gens: list[Any] = []
+    with Recorder(job_id, tee):
+        try:
+            gens.append(_train_task().options(name=f"lepton-train:{job_id}").remote(payload, opts))
+            results = consume({gens[0]: None}, lambda _r, ev: tee.handle(ev), deadline=deadline)
+        except (KeyboardInterrupt, CellTimeout) as exc:
+            cancel_streams(gens)
+            record("cancelled", "interrupted" if isinstance(exc, KeyboardInterrupt) else "timeout")
+            if isinstance(exc, CellTimeout):
+                raise CellTimeout(f"the training ran past --timeout {spec.timeout:g} s; every "
+                                  "rank was stopped and its resources freed") from None
+            tee.status("interrupted: every rank was stopped and its resources freed")
+            raise
+        res = results[None]
+        run = res.get("run") or {}
+        if res.get("status") == "stopped":
+            record("failed", res.get("message"), run)
+            raise LeptonError(f"{res.get('message')}; checkpoints so far are in training run "
+                              f"{job_id} (`%lepton runs {job_id}`)")
+        rank = res.get("rank")
+        try:
+            outcome = finish_outcome(job_id, {rank: res}, lambda r: "the training job"
+                                     if r is None else f"rank {r}")
+        except BaseException as exc:
+            record("failed", str(exc)[:2000] or type(exc).__name__, run)
+            raise
+        record("succeeded", None, run)
+        _keep_module_identity(outcome.values, namespace)
+        apply_outcome(outcome, namespace, tee, "the ranks")
+        restarts = max(int(run.get("attempts") or 1) - 1, 0)
+        note = f", {restarts} restart(s) after worker failures" if restarts else ""
+        where = run.get("best_checkpoint") or "no checkpoint (use lepton.training.epochs)"
+        tee.status(f"training run {job_id} done in {res.get('elapsed', 0):.1f} s{note}; "
+                   f"best checkpoint: {where}")
+        return outcome
