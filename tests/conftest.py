@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+# The interrupt tests press Ctrl-C with _thread.interrupt_main(), which does nothing where
+# SIGINT is ignored, as it is for a suite started in the background (`nohup make test &`).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
