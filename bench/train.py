@@ -18,9 +18,12 @@ a. the hand-written loop in this process (the baseline), timed round-robin with 
 b. the same loop as a cell on a ``--workers 1`` warm group (``run_cell(..., CellSpec(workers=1))``);
 c. the same loop through ``run_train(..., TrainSpec(workers=1))`` with Lepton's helpers
    (``prepare_model``, ``prepare_loader``, ``epochs``, ``report`` every step).
-   Goals: (b) and (c) >= 0.97x (a).
+   Goals: (b) and (c) >= 0.97x (a). A diagnostic (a') runs the helper loop in this process,
+   outside any cell, round-robin with (a) and (c): it separates the helpers' own cost from
+   that of running under Ray Train.
 d. 2-rank DDP (gloo): a ``--workers 2`` warm group cell vs ``torch.multiprocessing.spawn`` of
-   2 processes running the same per-rank loop.   Goal: >= 0.95x mp.spawn.
+   2 processes running the same per-rank loop, alternating (the group is started, runs one
+   cell and is stopped each round).   Goal: >= 0.95x mp.spawn.
 e. start-up: the first ``run_train`` of a 1-epoch tiny cell vs a bare Ray Train
    ``TorchTrainer(...).fit()`` of the same tiny loop, both on the already-running embedded
    cluster (bare first; the ray.train files are read once beforehand so neither pays a cold
@@ -29,7 +32,8 @@ e. start-up: the first ``run_train`` of a 1-epoch tiny cell vs a bare Ray Train
 The warm group is stopped (and its processes waited for) before the Ray Train runs and
 before the mp.spawn baseline, so nothing of ours competes with a measurement. A monitor
 samples every process's CPU time each second and reports, per phase, the cores used by this
-run and by everything else. ``--quick`` is a smoke run (3 timed epochs, one round each).
+run and by everything else, and, inside each run's timed window, the cores used by the
+training process(es), by the rest of this run (Ray, Lepton, this driver) and by others. ``--quick`` is a smoke run (3 timed epochs, one round each).
 """
 
 from __future__ import annotations
@@ -188,10 +192,11 @@ def _sps(results: list[dict[str, Any]]) -> float:
 
 
 # -- the contenders -------------------------------------------------------------------------
-def run_local(x: Any, y: Any, epochs: int) -> dict[str, Any]:
-    """(a): the hand-written loop in this process."""
+def run_local(x: Any, y: Any, epochs: int, helpers: bool = False) -> dict[str, Any]:
+    """(a): the hand-written loop in this process (with ``helpers``: Lepton's helpers, outside
+    any cell, to tell their own cost from that of running under Ray Train)."""
     t0 = time.perf_counter()
-    ranks = loop_namespace()["bench_train"](x, y, epochs, BATCH)
+    ranks = loop_namespace()["bench_train"](x, y, epochs, BATCH, helpers=helpers)
     return {"sps": _sps(ranks), "ranks": ranks, "wall_s": time.perf_counter() - t0}
 
 
@@ -329,6 +334,43 @@ def rounds(contenders: dict[str, Any], n: int) -> dict[str, list[dict[str, Any]]
     return out
 
 
+class WindowMonitor(_harness.CpuMonitor):
+    """The harness's CPU monitor, keeping every sample so that the CPU use inside one run's
+    timed window (reported by the training process itself) can be split afterwards into the
+    training process(es), the rest of this run (Ray, Lepton, this driver) and other processes.
+    """
+
+    def __init__(self, every: float = 1.0):
+        self.history: list[tuple[float, dict[int, int], float, float]] = []
+        super().__init__(every)
+
+    def _sample(self) -> None:
+        super()._sample()
+        with self._lock:
+            self.history.append((time.perf_counter(), dict(self._last), self.own, self.foreign))
+
+    def window(self, t0: float, t1: float, pids: list[int]) -> dict[str, float] | None:
+        inside = [h for h in self.history if t0 <= h[0] <= t1]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1.0:
+            return None
+        (s0, p0, o0, f0), (s1, p1, o1, f1) = inside[0], inside[-1]
+        dt = s1 - s0
+        train = sum(p1.get(p, 0) - p0.get(p, 0) for p in pids) / os.sysconf("SC_CLK_TCK") / dt
+        return {"span_s": dt, "training": train, "rest_of_run": (o1 - o0) / dt - train,
+                "others": (f1 - f0) / dt}
+
+
+def add_windows(runs: list[dict[str, Any]]) -> None:
+    """Attach the CPU split of each run's timed window (its ranks' windows, overlapping)."""
+    mon = _harness.MONITOR
+    if not isinstance(mon, WindowMonitor):
+        return
+    for r in runs:
+        t1 = min(q["t_end"] for q in r["ranks"])
+        t0 = max(q["t_end"] - q["seconds"] for q in r["ranks"])
+        r["cpu_in_window"] = mon.window(t0, t1, [q["pid"] for q in r["ranks"]])
+
+
 # -- the run ---------------------------------------------------------------------------------
 def measure(args: argparse.Namespace, out: dict[str, Any]) -> None:
     import ray
@@ -389,23 +431,38 @@ def measure(args: argparse.Namespace, out: dict[str, Any]) -> None:
             res = run_in_cell("train", ns, ep, 1)
             settle(total)
             return res
-        out["ac"] = rounds({"a": lambda: run_local(x, y, ep), "c": train_c}, args.rounds_c)
+        out["ac"] = rounds({"a": lambda: run_local(x, y, ep),
+                            "a_helpers": lambda: run_local(x, y, ep, helpers=True),
+                            "c": train_c}, args.rounds_c)
 
-    # (d) 2 ranks: the warm group, then mp.spawn with nothing of ours left running
-    log("(d) 2-rank DDP: --workers 2 warm group, then mp.spawn")
+    # (d) 2 ranks, alternating: the warm group (started, one cell, stopped), then mp.spawn
+    # with nothing of ours left running (or the other way round), so load from other
+    # processes that drifts over the part hits both alike
+    log("(d) 2-rank DDP: --workers 2 warm group and mp.spawn, alternating")
+    out["d_group"], out["d_spawn"], out["group2_start_s"], out["spawn_wall_s"] = [], [], [], []
     with watchdog(600, "part d"):
-        t0 = time.perf_counter()
-        with phase("group --workers 2 start"):
-            run_cell("z = 1", ns, CellSpec(workers=2), quiet_sink())
-        out["group2_start_s"] = time.perf_counter() - t0
-        with phase("d: --workers 2 group"):
-            out["d_group"] = rounds({"group": lambda: run_in_cell("group", ns, ep, 2)},
-                                    args.rounds)["group"]
-        stop_warm_group(total)
-        with phase("d: mp.spawn"):
-            out["d_spawn"], out["spawn_wall_s"] = run_spawn(x, y, ep, args.rounds, args.scratch)
-        for i, r in enumerate(out["d_spawn"]):
-            log(f"  mp.spawn run {i + 1}: {r['sps']:.0f} samples/s")
+        for i in range(args.rounds):
+            for which in (("group", "spawn") if i % 2 == 0 else ("spawn", "group")):
+                if which == "group":
+                    t0 = time.perf_counter()
+                    with phase(f"d: group --workers 2 start {i + 1}"):
+                        run_cell("z = 1", ns, CellSpec(workers=2), quiet_sink())
+                    out["group2_start_s"].append(time.perf_counter() - t0)
+                    with phase(f"d: --workers 2 group {i + 1}"):
+                        res = run_in_cell("group", ns, ep, 2)
+                    out["d_group"].append(res)
+                    stop_warm_group(total)
+                else:
+                    with phase(f"d: mp.spawn {i + 1}"):
+                        runs, wall = run_spawn(x, y, ep, 1, args.scratch)
+                    res = runs[0]
+                    out["d_spawn"].append(res)
+                    out["spawn_wall_s"].append(wall)
+                    settle(total)
+                log(f"  round {i + 1}/{args.rounds}: {which}: {res['sps']:.0f} samples/s")
+    time.sleep(1.5)  # one more monitor sample after the last window
+    for runs in [*out["ab"].values(), *out["ac"].values(), out["d_group"], out["d_spawn"]]:
+        add_windows(runs)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -448,10 +505,19 @@ def _each(runs: list[dict[str, Any]]) -> str:
     return ", ".join(f"{r['sps']:.0f}" for r in runs)
 
 
+def _cores(runs: list[dict[str, Any]]) -> str:
+    """Median cores used in the timed windows: training process(es) / rest of run / others."""
+    ws = [r["cpu_in_window"] for r in runs if r.get("cpu_in_window")]
+    if not ws:
+        return "n/a"
+    return " / ".join(f"{statistics.median(w[k] for w in ws):.2f}"
+                      for k in ("training", "rest_of_run", "others"))
+
+
 def report(res: dict[str, Any]) -> str:
     m = res["m"]
     a_b, b = m["ab"]["a"], m["ab"]["b"]
-    a_c, c = m["ac"]["a"], m["ac"]["c"]
+    a_c, c, a_h = m["ac"]["a"], m["ac"]["c"], m["ac"]["a_helpers"]
     dg, ds = m["d_group"], m["d_spawn"]
     rb, rc, rd = _med(b) / _med(a_b), _med(c) / _med(a_c), _med(dg) / _med(ds)
     bare, lep = m["bare_fit"]["wall_s"], m["lepton_first_train"]["wall_s"]
@@ -462,29 +528,34 @@ def report(res: dict[str, Any]) -> str:
         "d_group2_vs_spawn": {"ratio": rd, "goal": f">= {GOAL_DDP}", "met": rd >= GOAL_DDP},
         "e_first_train_vs_bare_fit": {"lepton_s": lep, "bare_s": bare, "ratio": lep / bare,
                                       "goal": "report"},
+        "diag_helpers_local_vs_local": {"ratio": _med(a_h) / _med(a_c), "goal": "none"},
         "e_trivial_group_cell_s": {"value": triv, "goal": f"<= {GOAL_TRIVIAL_S}",
                                    "met": triv <= GOAL_TRIVIAL_S},
     }
     res["goals"] = goals
     ep, n = res["config"]["epochs"], res["config"]["rounds"]
+    rh = _med(a_h) / _med(a_c)
     rows = [
         ["(a) hand-written loop, this process (rounds with b)", _each(a_b), f"{_med(a_b):.0f}",
-         "1.00x", "baseline", ""],
+         "1.00x", "baseline", "", _cores(a_b)],
         ["(b) same loop, `--workers 1` warm-group cell", _each(b), f"{_med(b):.0f}",
-         f"{rb:.3f}x", f">= {GOAL_SINGLE}x (a)", verdict(rb >= GOAL_SINGLE)],
+         f"{rb:.3f}x", f">= {GOAL_SINGLE}x (a)", verdict(rb >= GOAL_SINGLE), _cores(b)],
         ["(a) hand-written loop, this process (rounds with c)", _each(a_c), f"{_med(a_c):.0f}",
-         "1.00x", "baseline", ""],
+         "1.00x", "baseline", "", _cores(a_c)],
+        ["(a') loop with Lepton's helpers, this process, no cell", _each(a_h), f"{_med(a_h):.0f}",
+         f"{rh:.3f}x", "(diagnostic)", "", _cores(a_h)],
         ["(c) `run_train` --workers 1, helpers + report() each step", _each(c), f"{_med(c):.0f}",
-         f"{rc:.3f}x", f">= {GOAL_SINGLE}x (a)", verdict(rc >= GOAL_SINGLE)],
+         f"{rc:.3f}x", f">= {GOAL_SINGLE}x (a)", verdict(rc >= GOAL_SINGLE), _cores(c)],
         ["(d) mp.spawn DDP, 2 procs, gloo (sum of ranks)", _each(ds), f"{_med(ds):.0f}",
-         "1.00x", "baseline", ""],
+         "1.00x", "baseline", "", _cores(ds)],
         ["(d) `--workers 2` warm group, gloo (sum of ranks)", _each(dg), f"{_med(dg):.0f}",
-         f"{rd:.3f}x", f">= {GOAL_DDP}x mp.spawn", verdict(rd >= GOAL_DDP)],
+         f"{rd:.3f}x", f">= {GOAL_DDP}x mp.spawn", verdict(rd >= GOAL_DDP), _cores(dg)],
     ]
     lines = [format_facts(res["machine"]), "",
              f"## Training throughput (samples/s; 1 warm-up + {ep} timed epochs per run, "
              f"batch {BATCH} per rank, {n} run(s) per contender unless listed)", "",
-             table(rows, ["contender", "each run", "median", "vs baseline", "goal", "verdict"]),
+             table(rows, ["contender", "each run", "median", "vs baseline", "goal", "verdict",
+                          "cores in timed window: training / rest of run / others"]),
              "",
              f"2 ranks vs 1 (scaling on {res['machine']['cpu_count']} cores): mp.spawn "
              f"{_med(ds) / _med(a_b):.2f}x, warm group {_med(dg) / _med(b):.2f}x of their "
@@ -508,10 +579,11 @@ def report(res: dict[str, Any]) -> str:
               f"{max(m['trivial_group_cell_s']) * 1e3:.0f} ms) -> goal <= {GOAL_TRIVIAL_S} s: "
               f"{verdict(triv <= GOAL_TRIVIAL_S)}",
               f"cluster start {m['cluster_start_s']:.1f} s; warm group start: --workers 1 "
-              f"{m['group1_start_s']:.1f} s, --workers 2 {m['group2_start_s']:.1f} s; mp.spawn "
-              f"of 2 processes, all runs: {m['spawn_wall_s']:.1f} s", ""]
-    threads = {r2["threads"] for k in ("ab", "ac") for runs in m[k].values() for r in runs
-               for r2 in r["ranks"]} | {r2["threads"] for r in dg + ds for r2 in r["ranks"]}
+              f"{m['group1_start_s']:.1f} s, --workers 2 "
+              f"{', '.join(f'{w:.1f}' for w in m['group2_start_s'])} s; mp.spawn of 2 "
+              f"processes, whole run each: {', '.join(f'{w:.1f}' for w in m['spawn_wall_s'])} s",
+              ""]
+    threads = {q["threads"] for r in a_b + b + a_c + a_h + c + dg + ds for q in r["ranks"]}
     lines.append(f"torch threads per training process: {sorted(threads)}")
     lines.append("after stopping the cluster: "
                  f"{len(m['leftover_processes'].get('live', []))} live process(es) left")
@@ -540,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "image_size": SIZE, "tiny_samples": TINY,
                                       "torch_threads": 1, "loop_src": LOOP_SRC}}
     log(format_facts(res["machine"]))
-    _harness.MONITOR = _harness.CpuMonitor()
+    _harness.MONITOR = WindowMonitor()
     t0 = time.perf_counter()
     res["m"] = run(args)
     _harness.MONITOR.stop()
