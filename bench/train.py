@@ -6,7 +6,7 @@ One command, one run, every baseline measured beside Lepton on the same machine:
 
 The model, data and batch size are the same everywhere: a 2-conv CNN (16 and 32 channels,
 3x3, max-pool after each, one linear layer) on sklearn's bundled ``load_digits`` (1797 images,
-8x8 upsampled bilinearly to 32x32 so a step is ~20 ms, not trivially small), batch 64 per
+8x8 upsampled bilinearly to 32x32 so a step is ~15 ms, not trivially small), batch 64 per
 rank, SGD with momentum, ``torch.set_num_threads(1)`` in every training process. Every
 throughput figure is measured *inside* the training process by the same function
 (``bench_train`` in ``LOOP_SRC``): one warm-up epoch, then a fixed number of epochs timed with
