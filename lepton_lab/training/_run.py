@@ -81,6 +81,15 @@ def default_storage() -> str:
     return str(get_config().home_path / "runs")
 
 
+def prepare_storage(storage: str | None) -> str:
+    """Where a run's checkpoints go: a URL as given, else an absolute, existing directory."""
+    storage = storage or default_storage()
+    if "://" not in storage:
+        storage = str(Path(os.path.expanduser(storage)).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    return storage
+
+
 def _checkpoint_file(path: Path) -> Path:
     from ._helpers import CHECKPOINT_FILE
 
@@ -165,10 +174,7 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
 
     values = ship_values(an.reads, namespace)
     payload = build_payload(an, cell, values)
-    storage = spec.storage or default_storage()
-    if "://" not in storage:
-        storage = str(Path(os.path.expanduser(storage)).resolve())
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    storage = prepare_storage(spec.storage)
     job_id = record_submission("train", body, an, spec, conn.address, origin)
     store = get_store()
     store.create_run(job_id, job_id=job_id, kind="train", name=spec.name,

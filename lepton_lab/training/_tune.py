@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import ast
 import html
-import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from ..cluster import ensure_connected
@@ -271,7 +269,7 @@ def run_tune(body: str, namespace: dict[str, Any], spec: TuneSpec, sink: Sink, *
     ``tune_results`` come back into ``namespace``; the search is recorded as a run."""
     import cloudpickle
 
-    from ._run import default_storage
+    from ._run import prepare_storage
 
     an = analyze(body)
     space_src, rest = split_cell(body)
@@ -281,10 +279,7 @@ def run_tune(body: str, namespace: dict[str, Any], spec: TuneSpec, sink: Sink, *
     rest_an = analyze(rest)
     values = ship_values(rest_an.reads - {"config"}, namespace)
     payload = build_payload(rest_an, spec.cell_spec(), values)
-    storage = spec.storage or default_storage()
-    if "://" not in storage:
-        storage = str(Path(os.path.expanduser(storage)).resolve())
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    storage = prepare_storage(spec.storage)
     job_id = record_submission("tune", body, an, spec, conn.address, origin)
     store = get_store()
     store.create_run(job_id, job_id=job_id, kind="tune", name=spec.name, config=spec.config(),
