@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from ..remote._executor import Emitter, execute, new_namespace
 from ..remote._sink import RankFolder, Sink
+from ._guard import note_placement_group
 
 
 class Hub:
@@ -112,6 +113,7 @@ def train_loop(config: dict[str, Any]) -> None:
     hub, payload, opts = config["hub"], config["payload"], config["opts"]
     _quiet_ray_train_logs()
     rank = train.get_context().get_world_rank()
+    note_placement_group(opts.get("ledger"))
     attempt = ray.get(hub.start.remote(rank))
     resume = ray.get(opts["resume"]) if opts.get("resume") is not None else None
     _helpers.configure("train", attempt=attempt, resume=_helpers.load_checkpoint(resume)

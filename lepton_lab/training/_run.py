@@ -13,11 +13,11 @@ from ..config import get_config
 from ..errors import CellTimeout, LeptonError, LeptonUsageError
 from ..remote._analysis import analyze
 from ..remote._runner import (CellOutcome, Recorder, apply_outcome, build_payload,
-                              cancel_streams, check_feasible, consume, finish_outcome,
-                              record_submission, ship_values)
+                              check_feasible, finish_outcome, record_submission, ship_values)
 from ..remote._sink import LogTee, Sink
 from ..remote._spec import CellSpec
 from ..store import get_store
+from ._guard import drive
 
 MODES = ("min", "max")
 
@@ -199,20 +199,18 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
                          best_checkpoint=run.get("best_checkpoint"),
                          last_checkpoint=run.get("last_checkpoint"))
 
-    gens: list[Any] = []
+    def stopped(exc: BaseException) -> None:
+        record("cancelled", "interrupted" if isinstance(exc, KeyboardInterrupt) else "timeout")
+        if isinstance(exc, KeyboardInterrupt):
+            tee.status("interrupted: every rank was stopped and its resources freed")
+
     with Recorder(job_id, tee):
         try:
-            gens.append(_train_task().options(name=f"lepton-train:{job_id}").remote(payload, opts))
-            results = consume({gens[0]: None}, lambda _r, ev: tee.handle(ev), deadline=deadline)
-        except (KeyboardInterrupt, CellTimeout) as exc:
-            cancel_streams(gens)
-            record("cancelled", "interrupted" if isinstance(exc, KeyboardInterrupt) else "timeout")
-            if isinstance(exc, CellTimeout):
-                raise CellTimeout(f"the training ran past --timeout {spec.timeout:g} s; every "
-                                  "rank was stopped and its resources freed") from None
-            tee.status("interrupted: every rank was stopped and its resources freed")
-            raise
-        res = results[None]
+            res = drive(_train_task(), f"lepton-train:{job_id}", payload, opts, tee, deadline,
+                        stopped)
+        except CellTimeout:
+            raise CellTimeout(f"the training ran past --timeout {spec.timeout:g} s; every "
+                              "rank was stopped and its resources freed") from None
         run = res.get("run") or {}
         if res.get("status") == "stopped":
             record("failed", res.get("message"), run)

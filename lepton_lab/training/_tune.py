@@ -23,11 +23,11 @@ from ..errors import CellTimeout, LeptonUsageError
 from ..remote._analysis import analyze
 from ..remote._executor import Emitter, execute, new_namespace
 from ..remote._runner import (CellOutcome, Recorder, apply_outcome, build_payload,
-                              cancel_streams, check_feasible, consume, finish_outcome,
-                              record_submission, ship_values)
+                              check_feasible, finish_outcome, record_submission, ship_values)
 from ..remote._sink import LogTee, Sink
 from ..remote._spec import CellSpec
 from ..store import get_store
+from ._guard import drive, note_placement_group
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 
@@ -118,10 +118,11 @@ class TrialFailed(Exception):
         return (TrialFailed, (self.error,))
 
 
-def trainable(config: dict[str, Any], payload: dict[str, Any]) -> None:
+def trainable(config: dict[str, Any], payload: dict[str, Any], ledger: Any = None) -> None:
     """One trial: the cell with ``config`` set (its output goes to the trial's log)."""
     from . import _helpers
 
+    note_placement_group(ledger)
     _helpers.configure("tune")
     ns = new_namespace()
     ns["config"] = dict(config)
@@ -174,7 +175,7 @@ def run_tune_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[lis
                                             hyperparam_mutations=space)
     else:
         scheduler = FIFOScheduler()
-    fn = tune.with_parameters(trainable, payload=payload)
+    fn = tune.with_parameters(trainable, payload=payload, ledger=opts.get("ledger"))
     fn = tune.with_resources(fn, {"cpu": opts["cpus"], "gpu": opts["gpus"]})
     tuner = tune.Tuner(
         fn, param_space=space,
@@ -290,20 +291,19 @@ def run_tune(body: str, namespace: dict[str, Any], spec: TuneSpec, sink: Sink, *
             "run_id": job_id, "storage": storage}
     tee = LogTee(sink)
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
-    gens: list[Any] = []
+
+    def stopped(exc: BaseException) -> None:
+        store.update_run(job_id, status="cancelled", error=type(exc).__name__)
+        if isinstance(exc, KeyboardInterrupt):
+            tee.status("interrupted: every trial was stopped and its resources freed")
+
     with Recorder(job_id, tee):
         try:
-            gens.append(_tune_task().options(name=f"lepton-tune:{job_id}").remote(payload, opts))
-            results = consume({gens[0]: None}, lambda _r, ev: tee.handle(ev), deadline=deadline)
-        except (KeyboardInterrupt, CellTimeout) as exc:
-            cancel_streams(gens)
-            store.update_run(job_id, status="cancelled", error=type(exc).__name__)
-            if isinstance(exc, CellTimeout):
-                raise CellTimeout(f"the search ran past --timeout {spec.timeout:g} s; every "
-                                  "trial was stopped and its resources freed") from None
-            tee.status("interrupted: every trial was stopped and its resources freed")
-            raise
-        res = results[None]
+            res = drive(_tune_task(), f"lepton-tune:{job_id}", payload, opts, tee, deadline,
+                        stopped)
+        except CellTimeout:
+            raise CellTimeout(f"the search ran past --timeout {spec.timeout:g} s; every "
+                              "trial was stopped and its resources freed") from None
         try:
             outcome = finish_outcome(job_id, {None: res}, lambda _r: "the search")
         except BaseException as exc:
