@@ -59,4 +59,49 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_job ON runs(job_id);
     CREATE INDEX runs_created ON runs(created);
     """,
+    # 3: model registry (name:version with lineage), compression reports, endpoints
+    """
+    CREATE TABLE models (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        created REAL NOT NULL,
+        kind TEXT NOT NULL,            -- trained | compressed | imported
+        format TEXT NOT NULL,          -- torch (a pickled nn.Module) | onnx
+        path TEXT NOT NULL,            -- the artifact file
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,         -- bytes
+        params INTEGER,
+        parent TEXT,                   -- name:version it was derived from
+        run_id TEXT,                   -- training run it came from
+        checkpoint TEXT,
+        settings TEXT,                 -- JSON: compression settings
+        metrics TEXT,                  -- JSON: accuracy, latency, ...
+        description TEXT,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE reports (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        user TEXT NOT NULL,
+        model TEXT NOT NULL,           -- name:version of the original
+        job_id TEXT,
+        target TEXT,
+        settings TEXT,                 -- JSON
+        rows TEXT                      -- JSON list: one dict per variant
+    );
+    CREATE TABLE endpoints (
+        name TEXT PRIMARY KEY,
+        model TEXT NOT NULL,           -- name:version served
+        user TEXT NOT NULL,
+        status TEXT NOT NULL,          -- deploying | running | failed | deleted
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        url TEXT,
+        token_hash TEXT,               -- sha256 hex (the token itself is never stored)
+        token_hint TEXT,               -- first 4 characters, to tell tokens apart
+        config TEXT,                   -- JSON: replicas, batching, autoscaling, ...
+        error TEXT
+    );
+    """,
 ]

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from ..config import get_config
 from ..errors import JobNotFound
+from ._catalog import CatalogMixin
 from ._schema import MIGRATIONS
 
 #: Largest log tail kept per job in the store (characters).
@@ -97,8 +98,9 @@ class RunRecord:
         return dict(self.__dict__)
 
 
-class Store:
-    """Jobs, training runs and the audit log in one SQLite file, safe for concurrent writers."""
+class Store(CatalogMixin):
+    """Jobs, runs, models, reports, endpoints and the audit log in one SQLite file, safe for
+    concurrent writers."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
