@@ -13,6 +13,7 @@ TRAIN_EXAMPLES = """examples:
   %%lepton train --workers 2 --max-failures 1
   %%lepton train --workers 4 --gpus-per-worker 1 --bf16 --checkpoint-every 2
   %%lepton train --resume-from 1123-ab12cd34 --metric val_acc --mode max
+  %%lepton train --workers 2 --detach --name nightly    (then: %lepton attach nightly)
 """
 
 TUNE_EXAMPLES = """examples (the cell declares `search_space`; the rest reads `config[...]`):
@@ -58,6 +59,9 @@ def train_parser():
     p.add_argument("--timeout", type=_number, metavar="SECONDS",
                    help="stop the training after this many seconds")
     p.add_argument("--name", metavar="NAME", help="a name for the job and the training run")
+    p.add_argument("--detach", action="store_true",
+                   help="run on after the cell returns (and after a kernel restart); "
+                        "`%%lepton attach JOB` pulls the model back")
     p.add_argument("--out", type=_names, metavar="NAMES",
                    help="only pull these names back from rank 0, comma-separated")
     p.add_argument("--no-pull", action="store_true", help="pull nothing back")
@@ -116,7 +120,7 @@ def parse_train_line(words: list[str]):
                      resume_from=args.resume_from, metric=args.metric, mode=args.mode,
                      stop_on_nan=args.stop_on_nan, bf16=args.bf16, name=args.name,
                      timeout=args.timeout, out=args.out, pull=not args.no_pull,
-                     env=parse_env(args.env), all_ranks=args.all_ranks)
+                     env=parse_env(args.env), all_ranks=args.all_ranks, detach=args.detach)
 
 
 def parse_tune_line(words: list[str]):

@@ -63,6 +63,28 @@ class LeptonConfig(Configurable):
         True, help="Start the Ray dashboard with the embedded cluster (needed for the state API)."
     ).tag(config=True)
 
+    serve_host = Unicode(
+        "127.0.0.1",
+        help="Address Ray Serve's HTTP proxy listens on for endpoints. Env: LEPTON_SERVE_HOST. "
+        "Loopback by default; use 0.0.0.0 to serve other machines (tokens still apply).",
+    ).tag(config=True)
+
+    serve_port = Int(
+        help="Port of Ray Serve's HTTP proxy for endpoints. Env: LEPTON_SERVE_PORT. Default: 8000",
+    ).tag(config=True)
+
+    max_request_mb = Float(
+        16.0, help="Largest request body an endpoint accepts, in MiB (larger gets HTTP 413)."
+    ).tag(config=True)
+
+    @default("serve_host")
+    def _default_serve_host(self) -> str:
+        return os.environ.get("LEPTON_SERVE_HOST", "127.0.0.1")
+
+    @default("serve_port")
+    def _default_serve_port(self) -> int:
+        return int(os.environ.get("LEPTON_SERVE_PORT", "8000"))
+
     @default("home")
     def _default_home(self) -> str:
         return os.environ.get("LEPTON_HOME") or str(Path.home() / ".lepton")

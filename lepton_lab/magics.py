@@ -63,6 +63,8 @@ Train with Ray Train (DDP, restarts from checkpoints, live curves; `%%lepton tra
             opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
             report(loss=loss.item())
 
+    %%lepton train --workers 4 --detach --name nightly   # runs on; `%lepton attach nightly`
+
 Search hyperparameters with Ray Tune (`%%lepton tune -h`)::
 
     %%lepton tune --samples 8 --scheduler asha --metric acc --mode max
@@ -311,6 +313,8 @@ class LeptonMagics(Magics):
 
         analyze(cell)
         self._announce(cluster)
+        if kind == "train" and spec.detach:
+            return self._detach(cell, self.shell.user_ns, spec)
         if kind == "train":
             from .training._run import run_train
 
@@ -334,12 +338,17 @@ class LeptonMagics(Magics):
         session = getattr(getattr(kernel, "session", None), "session", None)
         return f"kernel:{session}" if session else "ipython"
 
-    def _detach(self, cell: str, ns: dict, spec: CellSpec) -> None:
+    def _detach(self, cell: str, ns: dict, spec: Any) -> None:
         from IPython.display import display
 
         from .remote._jobs import follow, submit_detached
 
-        job_id = submit_detached(cell, ns, spec, origin=self._origin())
+        if isinstance(spec, CellSpec):
+            job_id = submit_detached(cell, ns, spec, origin=self._origin())
+        else:  # a TrainSpec
+            from .training._run import submit_train_detached
+
+            job_id = submit_train_detached(cell, ns, spec, origin=self._origin())
         print(f"lepton: job {job_id} detached{f' ({spec.name})' if spec.name else ''}: "
               f"`%lepton attach {spec.name or job_id}` pulls its variables, "
               f"`%lepton logs {job_id}`, `%lepton cancel {job_id}`")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ..cluster import NAMESPACE, ensure_connected
 from ..config import get_config
-from ..errors import JobNotFound, LeptonUsageError, RemoteError, WorkerDied
+from ..errors import JobNotFound, LeptonError, LeptonUsageError, RemoteError, WorkerDied
 from ..store import JobRecord, get_store
 from ._analysis import analyze
 from ._sink import LogTee, Sink
@@ -29,9 +29,7 @@ class _Keeper:
     """Owns one detached cell run on the cluster (a threaded, CPU-less, detached actor)."""
 
     def __init__(self, job_id: str, payload: dict[str, Any], options: dict[str, Any],
-                 ttl_s: float):
-        from ._runner import _remote_task
-
+                 ttl_s: float, train_opts: dict[str, Any] | None = None):
         self.job_id, self.ttl_s = job_id, ttl_s
         self.events: list[tuple] = []
         self.dropped = 0
@@ -39,7 +37,20 @@ class _Keeper:
         self.result: dict[str, Any] | None = None
         self.state = "running"
         self.cond = threading.Condition()
-        self.gen = _remote_task().options(name=f"lepton:{job_id}", **options).remote(payload)
+        self.ledger = None
+        if train_opts is None:
+            from ._runner import _remote_task
+
+            self.gen = _remote_task().options(name=f"lepton:{job_id}", **options).remote(payload)
+        else:  # a detached training run: the keeper drives Ray Train, as a cell would
+            import ray
+
+            from ..training._guard import Ledger
+            from ..training._run import _train_task
+
+            self.ledger = ray.remote(num_cpus=0)(Ledger).remote()
+            self.gen = _train_task().options(name=f"lepton-train:{job_id}").remote(
+                payload, dict(train_opts, ledger=self.ledger))
         self.started = time.time()
         threading.Thread(target=self._follow, daemon=True, name="lepton-keeper").start()
 
@@ -133,6 +144,10 @@ class _Keeper:
                 return self.state
             self.state = "cancelling"
         ray.cancel(self.gen, force=True)
+        if self.ledger is not None:  # Ray keeps a killed run's placement groups: free them
+            from ..training._guard import release_placement_groups
+
+            release_placement_groups(self.ledger)
         with self.cond:
             self.cond.wait_for(lambda: self.result is not None, timeout=5.0)
             if self.result is None:
@@ -167,15 +182,23 @@ def submit_detached(body: str, namespace: dict[str, Any], spec: CellSpec, *,
     values = ship_values(an.reads, namespace)
     payload = build_payload(an, spec, values)
     job_id = record_submission("detached", body, an, spec, conn.address, origin)
+    start_keeper(job_id, payload, spec.ray_options())
+    return job_id
+
+
+def start_keeper(job_id: str, payload: dict[str, Any], options: dict[str, Any], *,
+                 train_opts: dict[str, Any] | None = None) -> None:
+    """Start the detached keeper that runs a recorded job (a cell, or a training run when
+    ``train_opts`` is given) and holds its output for any kernel that attaches."""
     ttl = get_config().job_ttl_hours * 3600.0
     try:
         _keeper_cls().options(name=keeper_name(job_id), namespace=NAMESPACE,
-                              lifetime="detached").remote(job_id, payload, spec.ray_options(),
-                                                          ttl)
+                              lifetime="detached").remote(job_id, payload, options, ttl,
+                                                          train_opts)
     except Exception as exc:
         get_store().finish_job(job_id, "failed", error=f"could not submit: {exc}")
+        finish_run_record(job_id, {"status": "error", "message": f"could not submit: {exc}"})
         raise
-    return job_id
 
 
 def _keeper(job_id: str):
@@ -185,6 +208,14 @@ def _keeper(job_id: str):
         return ray.get_actor(keeper_name(job_id), namespace=NAMESPACE)
     except ValueError:
         return None
+
+
+def finish_run_record(job_id: str, result: dict[str, Any], history: list | None = None,
+                      latest: dict[str, Any] | None = None) -> None:
+    """Close the training run of a detached training job (a no-op for plain cells)."""
+    from ..training._run import finish_run_record as finish
+
+    finish(job_id, result, history, latest)
 
 
 def _final_status(state: str) -> str | None:
@@ -212,6 +243,7 @@ def refresh(job: JobRecord, timeout: float = 2.0) -> JobRecord:
     if status:
         res = info.get("result") or {}
         store.finish_job(job.id, status, error=_error_text(res))
+        finish_run_record(job.id, res)
     return store.get_job(job.id)
 
 
@@ -261,6 +293,9 @@ def follow(job_id: str, sink: Sink, *, since: int = 0, stop: threading.Event | N
     if info["result"] is not None:
         status = _final_status(info["state"]) or "failed"
         get_store().finish_job(job_id, status, error=_error_text(info["result"]), log=tee.text)
+        monitor = tee.monitor   # a training run: its history came with the replayed events
+        finish_run_record(job_id, info["result"], monitor.history if monitor else None,
+                          dict(monitor.latest) if monitor else None)
         if on_done is not None:
             on_done(info)
     return info
@@ -288,6 +323,9 @@ def attach(ref: str, namespace: dict[str, Any], sink: Sink) -> JobRecord:
     if status in ("cancelled", "interrupted"):
         sink.status(f"job {job.id} was cancelled; no variables to pull")
         return get_store().get_job(job.id)
+    if status == "stopped":   # a training run stopped early (--stop-on-nan)
+        raise LeptonError(f"{result.get('message')}; checkpoints so far are in training run "
+                          f"{job.id} (`%lepton runs {job.id}`)")
     full = ray.get(_keeper(job.id).values.remote(), timeout=60)
     skipped = dict(full.get("skipped") or {})
     namespace.update(unpack_values(full.get("values") or {}, skipped))
@@ -314,6 +352,7 @@ def cancel(ref: str) -> JobRecord:
     if keeper is not None:
         state = ray.get(keeper.cancel.remote(), timeout=15)
         store.finish_job(job.id, _final_status(state) or "cancelled", error="cancelled")
+        finish_run_record(job.id, {"status": "cancelled"})
     else:
         store.finish_job(job.id, "cancelled", error="cancelled from another session")
     store.audit("cancel", job_id=job.id, cluster=job.cluster, outcome="cancelled")

@@ -115,7 +115,9 @@ def train_loop(config: dict[str, Any]) -> None:
     rank = train.get_context().get_world_rank()
     note_placement_group(opts.get("ledger"))
     attempt = ray.get(hub.start.remote(rank))
-    resume = ray.get(opts["resume"]) if opts.get("resume") is not None else None
+    resume = opts.get("resume")
+    if isinstance(resume, ray.ObjectRef):
+        resume = ray.get(resume)
     _helpers.configure("train", attempt=attempt, resume=_helpers.load_checkpoint(resume)
                        if resume is not None else None, **{
                            k: opts.get(k) for k in ("checkpoint_every", "stop_on_nan", "bf16")})

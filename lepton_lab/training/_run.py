@@ -44,6 +44,7 @@ class TrainSpec:
     pull: bool = True
     env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     all_ranks: bool = False
+    detach: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 1024:
@@ -153,13 +154,9 @@ def _keep_module_identity(values: dict[str, Any], namespace: dict[str, Any]) -> 
             values[name] = old
 
 
-def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink, *,
-              origin: str | None = None) -> CellOutcome:
-    """Run ``body`` as the per-worker loop of a Ray Train ``TorchTrainer`` run.
-
-    Output streams into ``sink`` (rank 0 live, others tailed), ``train`` reports feed a live
-    view, the assigned names come back from rank 0, and the run is recorded in the store.
-    """
+def _prepare(body: str, namespace: dict[str, Any], spec: TrainSpec, job_kind: str,
+             origin: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Validate, ship the values, record the job and the run: ``(job_id, payload, opts)``."""
     an = analyze(body)
     conn = ensure_connected()
     if conn.is_client:
@@ -175,7 +172,7 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
     values = ship_values(an.reads, namespace)
     payload = build_payload(an, cell, values)
     storage = prepare_storage(spec.storage)
-    job_id = record_submission("train", body, an, spec, conn.address, origin)
+    job_id = record_submission(job_kind, body, an, spec, conn.address, origin)
     store = get_store()
     store.create_run(job_id, job_id=job_id, kind="train", name=spec.name,
                      config=spec.config(), storage=storage)
@@ -186,7 +183,58 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
             "storage": storage, "run_id": job_id, "metric": spec.metric, "mode": spec.mode,
             "stop_on_nan": spec.stop_on_nan, "bf16": spec.bf16, "all_ranks": spec.all_ranks,
             "tail_lines": cfg.rank_tail_lines,
-            "resume": ray.put(resume) if resume is not None else None}
+            # a detached run must not depend on an object the kernel owns: it goes inline
+            "resume": resume if resume is None or job_kind == "detached" else ray.put(resume)}
+    return job_id, payload, opts
+
+
+def submit_train_detached(body: str, namespace: dict[str, Any], spec: TrainSpec, *,
+                          origin: str | None = None) -> str:
+    """Start a training run that outlives the cell; returns its job id at once.
+
+    A detached keeper actor drives it; ``%lepton attach`` follows the live view and pulls
+    the model, and the training run is finished in the store by whoever sees it end.
+    """
+    from ..remote._jobs import start_keeper
+
+    job_id, payload, opts = _prepare(body, namespace, spec, "detached", origin)
+    start_keeper(job_id, payload, {}, train_opts=opts)
+    return job_id
+
+
+def finish_run_record(job_id: str, result: dict[str, Any], history: list | None = None,
+                      latest: dict[str, Any] | None = None) -> None:
+    """Close a training run from its driving task's final result (once; later calls no-op)."""
+    store = get_store()
+    try:
+        rec = store.get_run(job_id)
+    except LeptonError:
+        return
+    if rec.done:
+        return
+    run = result.get("run") or {}
+    status = {"ok": "succeeded", "cancelled": "cancelled", "interrupted": "cancelled"}.get(
+        result.get("status"), "failed")
+    error = None
+    if status == "failed":
+        err = result.get("error") or {}
+        error = (f"{err.get('ename')}: {err.get('evalue')}" if err
+                 else result.get("message") or result.get("status"))
+    store.update_run(job_id, status=status, error=str(error)[:2000] if error else None,
+                     history=history, metrics=run.get("metrics") or latest,
+                     best_checkpoint=run.get("best_checkpoint"),
+                     last_checkpoint=run.get("last_checkpoint"))
+
+
+def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink, *,
+              origin: str | None = None) -> CellOutcome:
+    """Run ``body`` as the per-worker loop of a Ray Train ``TorchTrainer`` run.
+
+    Output streams into ``sink`` (rank 0 live, others tailed), ``train`` reports feed a live
+    view, the assigned names come back from rank 0, and the run is recorded in the store.
+    """
+    job_id, payload, opts = _prepare(body, namespace, spec, "train", origin)
+    store = get_store()
     tee = LogTee(sink)
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
 

@@ -172,3 +172,28 @@ def test_tune_runs_a_few_samples_and_returns_the_best(digits_ip):
     run = _latest_run("tune")
     assert run.status == "succeeded" and run.metrics["acc"] == pytest.approx(best["acc"])
     wait_for_free_cpus(timeout=10)
+
+
+def test_a_detached_training_run_is_attached_from_the_store(digits_ip, capsys):
+    res = digits_ip.run_cell(
+        "%%lepton train --workers 2 --detach --name detached-digits\n"
+        "import torch\n"
+        "import lepton_lab.training as lt\n"
+        "torch.manual_seed(0)\n"
+        "model = lt.prepare_model(torch.nn.Linear(64, 10))\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.5)\n"
+        "for epoch in lt.epochs(3, model=model, optimizer=opt):\n"
+        "    for xb, yb in lt.prepare_loader((X[:1400], Y[:1400]), batch_size=128):\n"
+        "        opt.zero_grad(); loss = torch.nn.functional.cross_entropy(model(xb), yb)\n"
+        "        loss.backward(); opt.step(); lt.report(loss=loss.item())\n")
+    assert res.success, res.error_in_exec
+    assert "detached" in capsys.readouterr().out
+    assert "model" not in digits_ip.user_ns          # the cell returned at once
+    digits_ip.run_line_magic("lepton", "attach detached-digits")
+    model = digits_ip.user_ns["model"]
+    acc = (model(digits_ip.user_ns["X"][1400:]).argmax(1) == digits_ip.user_ns["Y"][1400:])
+    assert acc.float().mean().item() > 0.8
+    run = _latest_run("train")
+    assert run.name == "detached-digits" and run.status == "succeeded"
+    assert run.last_checkpoint and len(run.history) >= 3
+    wait_for_free_cpus(timeout=10)
