@@ -17,83 +17,10 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from ._magic_doc import DOC
 from .errors import CellSyntaxError, LeptonError, LeptonUsageError
 from .remote._spec import CellSpec, parse_env, parse_size
 
-DOC = """Run a cell on the Ray cluster, or manage the cluster and its jobs.
-
-The first `%%lepton` cell connects to the cluster: the embedded local Ray (started on first
-use, shared by every kernel on this machine), or the cluster named by RAY_ADDRESS or by
-`%lepton connect`. The names the cell reads are sent from the kernel; the names it assigns
-come back (tensors and modules on the CPU). Output streams into the cell as it is printed.
-Ctrl-C (or the stop button) cancels the remote work and frees its resources.
-
-Examples
---------
-Run a cell on one CPU of the cluster::
-
-    In [1]: %%lepton
-       ...: import socket
-       ...: host = socket.gethostname()
-       ...: print("ran on", host)
-    ran on head-node
-
-    In [2]: host            # assigned on the cluster, now in the kernel
-    Out[2]: 'head-node'
-
-Ask for a GPU, more memory, and a time limit::
-
-    %%lepton --gpus 1 --memory 8GiB --timeout 600
-    model = model.cuda(); loss = train(model)      # model comes back on the CPU
-
-SPMD on a warm group of ranks (torch.distributed is ready; state stays between cells)::
-
-    %%lepton --workers 2
-    import torch.distributed as dist
-    print("rank", dist.get_rank(), "of", dist.get_world_size())
-
-Train with Ray Train (DDP, restarts from checkpoints, live curves; `%%lepton train -h`)::
-
-    %%lepton train --workers 2 --max-failures 1
-    from lepton_lab.training import epochs, prepare_loader, prepare_model, report
-    model = prepare_model(Net()); loader = prepare_loader((X, Y), batch_size=64)
-    opt = torch.optim.Adam(model.parameters())
-    for epoch in epochs(10, model=model, optimizer=opt):
-        for x, y in loader:
-            opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
-            report(loss=loss.item())
-
-    %%lepton train --workers 4 --detach --name nightly   # runs on; `%lepton attach nightly`
-
-Search hyperparameters with Ray Tune (`%%lepton tune -h`)::
-
-    %%lepton tune --samples 8 --scheduler asha --metric acc --mode max
-    search_space = {"lr": tune.loguniform(1e-4, 1e-1)}
-    ...  # the cell reads config["lr"] and calls report(acc=...)
-
-Outlive the kernel, then come back::
-
-    %%lepton --detach --name nightly
-    result = long_job()
-
-    %lepton attach nightly      # replays the output, pulls `result`
-
-Line commands (`%lepton COMMAND`)
----------------------------------
-  status                  nodes, CPUs, GPUs, memory, running jobs, dashboard link
-  connect ADDRESS         use an existing cluster: host:port or ray://host:10001;
-                          `connect local` goes back to the embedded cluster
-  disconnect              drop the connection (the cluster keeps running)
-  jobs [--all] [--limit N] [--status S]   recorded jobs, newest first
-  attach JOB              follow a detached job to its end and pull its variables
-  logs JOB                a job's text output
-  cancel JOB              cancel a running job and free its resources
-  group [info|stop|restart|resize N]   the kernel's warm group of ranks (--workers):
-                          show it, stop it, restart it (after a dead rank), resize it
-  runs [RUN] [--limit N]  training and tuning runs: metrics, best/last checkpoints
-  audit [--limit N] [--job JOB]   the audit log of submissions
-  stop-cluster            stop the embedded local cluster (all kernels lose it)
-"""
 
 CELL_EXAMPLES = """examples:
   %%lepton --cpus 2 --timeout 60
@@ -380,6 +307,11 @@ class LeptonMagics(Magics):
 
     # -- line commands ----------------------------------------------------------------------
     def _line(self, line: str) -> Any:
+        from . import _magic_models
+
+        words = _split(line)
+        if words and words[0] in _magic_models.COMMANDS:
+            return _magic_models.run(words[0], words[1:], self.shell, self._origin())
         args = parse_line(line)
         cmd = args.command
         if cmd == "help":
