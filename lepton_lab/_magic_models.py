@@ -68,8 +68,8 @@ def parser(command: str) -> _Parser:
                        help="notebook variable: (X, y) for fine-tuning and calibration")
         p.add_argument("--eval", metavar="DATA", help="notebook variable: (X, y) to measure "
                                                       "accuracy on")
-        p.add_argument("--finetune-epochs", type=int, default=0, metavar="K",
-                       help="fine-tune after pruning for K epochs on --calib")
+        p.add_argument("--finetune-epochs", type=int, default=2, metavar="K",
+                       help="fine-tune after pruning for K epochs on --calib; default 2")
         p.add_argument("--export", choices=["onnx", "none"], default="none",
                        help="also export to ONNX (checked in onnxruntime)")
         p.add_argument("--target", choices=["cpu", "gpu"], default="cpu",
@@ -131,7 +131,8 @@ def _compress(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
     from .compress import CompressSettings
     from .compress._job import compress_model
 
-    settings = CompressSettings(prune=args.prune, quantize=args.quantize,
+    settings = CompressSettings(prune=args.prune,
+                                quantize=None if args.quantize == "none" else args.quantize,
                                 finetune_epochs=args.finetune_epochs,
                                 export=None if args.export == "none" else args.export,
                                 target=args.target)

@@ -124,19 +124,16 @@ def read_artifact(ref: str) -> tuple[ModelRecord, bytes]:
 
 
 def load_bytes(data: bytes, format: str, device: str = "cpu") -> Any:
-    """An artifact's bytes as a runnable model: a torch module, or an onnxruntime session."""
+    """An artifact's bytes as a runnable model: a torch module in eval mode, or a callable
+    :class:`~lepton_lab.compress.OnnxModel` (an onnxruntime session) for ONNX."""
     if format == "onnx":
-        import onnxruntime as ort
+        from .compress import OnnxModel
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device != "cpu" \
-            else ["CPUExecutionProvider"]
-        available = set(ort.get_available_providers())
-        return ort.InferenceSession(data, providers=[p for p in providers if p in available])
+        return OnnxModel(data, device=device)
     import torch
 
     module = torch.load(io.BytesIO(data), weights_only=False, map_location=device)
-    module.eval()
-    return module
+    return module.eval() if hasattr(module, "eval") else module
 
 
 def load_model(ref: str, device: str = "cpu") -> Any:
