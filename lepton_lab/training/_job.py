@@ -122,9 +122,12 @@ def train_loop(config: dict[str, Any]) -> None:
                        if resume is not None else None, **{
                            k: opts.get(k) for k in ("checkpoint_every", "stop_on_nan", "bf16")})
     emitter = _HubEmitter(hub, rank, float(payload.get("interval", 0.05)))
+    ns = new_namespace()
+    for name in opts.get("dataset_names") or ():   # this rank's shard of each Ray dataset
+        ns[name] = train.get_dataset_shard(name)
     try:
-        result = execute(dict(payload, pull=payload.get("pull", True) and rank == 0),
-                         new_namespace(), emitter)
+        result = execute(dict(payload, pull=payload.get("pull", True) and rank == 0), ns,
+                         emitter)
     finally:
         emitter.close()
     status = result.get("status")
@@ -208,9 +211,12 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
     hub = ray.remote(num_cpus=0, max_concurrency=64)(Hub).remote()
     metric, mode = opts.get("metric"), opts.get("mode") or "min"
     resources = {"CPU": opts.get("cpus_per_worker", 1)}
+    datasets = opts.pop("datasets", None) or {}
+    opts["dataset_names"] = sorted(datasets)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"hub": hub, "payload": payload, "opts": opts},
+        datasets=datasets or None,
         scaling_config=ScalingConfig(num_workers=opts["workers"],
                                      use_gpu=bool(opts.get("gpus_per_worker")),
                                      resources_per_worker=dict(

@@ -154,6 +154,17 @@ def _keep_module_identity(values: dict[str, Any], namespace: dict[str, Any]) -> 
             values[name] = old
 
 
+def _ray_datasets(names: Any, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The Ray Data datasets among the names a cell reads: Ray Train shards them per rank
+    (each rank sees its own ``DataIterator`` under the same name) instead of shipping them."""
+    import sys
+
+    data = sys.modules.get("ray.data")
+    if data is None:   # nobody made a dataset without importing ray.data first
+        return {}
+    return {n: namespace[n] for n in names if isinstance(namespace.get(n), data.Dataset)}
+
+
 def _prepare(body: str, namespace: dict[str, Any], spec: TrainSpec, job_kind: str,
              origin: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Validate, ship the values, record the job and the run: ``(job_id, payload, opts)``."""
@@ -169,7 +180,8 @@ def _prepare(body: str, namespace: dict[str, Any], spec: TrainSpec, job_kind: st
     resume = resolve_resume(spec.resume_from) if spec.resume_from else None
     import ray
 
-    values = ship_values(an.reads, namespace)
+    datasets = _ray_datasets(an.reads, namespace)
+    values = ship_values(an.reads, namespace, skip=lambda name, _v: name in datasets)
     payload = build_payload(an, cell, values)
     storage = prepare_storage(spec.storage)
     job_id = record_submission(job_kind, body, an, spec, conn.address, origin)
@@ -182,7 +194,7 @@ def _prepare(body: str, namespace: dict[str, Any], spec: TrainSpec, job_kind: st
             "checkpoint_every": spec.checkpoint_every, "keep_checkpoints": spec.keep_checkpoints,
             "storage": storage, "run_id": job_id, "metric": spec.metric, "mode": spec.mode,
             "stop_on_nan": spec.stop_on_nan, "bf16": spec.bf16, "all_ranks": spec.all_ranks,
-            "tail_lines": cfg.rank_tail_lines,
+            "tail_lines": cfg.rank_tail_lines, "datasets": datasets,
             # a detached run must not depend on an object the kernel owns: it goes inline
             "resume": resume if resume is None or job_kind == "detached" else ray.put(resume)}
     return job_id, payload, opts

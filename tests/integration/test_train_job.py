@@ -197,3 +197,27 @@ def test_a_detached_training_run_is_attached_from_the_store(digits_ip, capsys):
     assert run.name == "detached-digits" and run.status == "succeeded"
     assert run.last_checkpoint and len(run.history) >= 3
     wait_for_free_cpus(timeout=10)
+
+
+def test_a_ray_dataset_is_sharded_per_rank(digits_ip):
+    import ray.data
+
+    digits_ip.user_ns["ds"] = ray.data.from_items([{"x": float(i)} for i in range(200)])
+    try:
+        res = digits_ip.run_cell(
+            "%%lepton train --workers 2 --cpus-per-worker 0.5\n"
+            "import torch, torch.distributed as dist\n"
+            "seen = torch.tensor([0.0, 0.0])\n"
+            "for batch in ds.iter_torch_batches(batch_size=32):\n"
+            "    seen += torch.tensor([len(batch['x']), batch['x'].sum().item()])\n"
+            "mine = int(seen[0])\n"
+            "dist.all_reduce(seen)\n"
+            "total_rows, total_sum = int(seen[0]), float(seen[1])\n")
+        assert res.success, res.error_in_exec
+        ns = digits_ip.user_ns
+        # every row reached exactly one rank: rank 0 saw only its part of the whole
+        assert ns["total_rows"] == 200 and ns["total_sum"] == sum(range(200))
+        assert 0 < ns["mine"] < 200
+    finally:
+        digits_ip.user_ns.pop("ds", None)
+    wait_for_free_cpus(timeout=10)
