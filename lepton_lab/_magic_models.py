@@ -205,12 +205,15 @@ def _deploy(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
                       max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                       autoscale=_autoscale(args.autoscale))
     info = deploy(args.model, spec, timeout=args.timeout)
-    _TOKENS[info.name] = info.token
     print(f"lepton: {info.model_ref} is served at {info.url} (POST {info.url}/predict, "
-          f"JSON or .npy)\n"
-          f"lepton: its token {info.token_hint} is shown only here, masked; it is in the "
-          f"returned object (`info = %lepton deploy ...`, then `info.token`) and this kernel "
-          f"uses it for `%lepton predict {info.name}`")
+          "JSON or .npy)")
+    if info.token:
+        _TOKENS[info.name] = info.token
+        print(f"lepton: its token {info.token_hint} is shown only here, masked; it is in the "
+              "returned object (`info = %lepton deploy ...`, then `info.token`) and this "
+              f"kernel uses it for `%lepton predict {info.name}`")
+    else:
+        print(f"lepton: {info.name} was updated in place and keeps its token")
     return info
 
 
@@ -221,10 +224,13 @@ def _endpoints(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
     if not eps:
         print("no endpoints; `%lepton deploy MODEL --name NAME` creates one")
         return None
-    lines = [f"{'endpoint':<18} {'model':<16} {'status':<10} {'token':<10} url"]
+    lines = [f"{'endpoint':<18} {'model':<16} {'status':<12} {'replicas':<12} "
+             f"{'token':<10} url"]
     for e in eps:
-        lines.append(f"{e['name']:<18} {e['model']:<16} {str(e.get('status')):<10} "
-                     f"{str(e.get('token_hint') or ''):<10} {e.get('url') or ''}")
+        reps = ", ".join(f"{n} {s.lower()}" for s, n in (e.get("replicas") or {}).items())
+        lines.append(f"{e['name']:<18} {e['model']:<16} {str(e.get('live') or e.get('status')):<12} "
+                     f"{reps or '-':<12} {str(e.get('token_hint') or ''):<10} "
+                     f"{e.get('url') or ''}")
     print("\n".join(lines))
     return None
 

@@ -39,8 +39,12 @@ def module_bytes(module: Any) -> bytes:
     if not isinstance(module, torch.nn.Module):
         raise LeptonUsageError(f"expected a torch.nn.Module, got {type(module).__name__}; "
                                "register the model object itself")
+    import cloudpickle
+
     buf = io.BytesIO()
-    torch.save(module, buf)
+    # cloudpickle: a class defined in the notebook travels by value, so replicas and other
+    # kernels can load it (plain pickle would refer to the kernel's __main__)
+    torch.save(module, buf, pickle_module=cloudpickle)
     return buf.getvalue()
 
 

@@ -1,0 +1,544 @@
+"""Serving benchmark (issue 5): a Lepton endpoint next to plain FastAPI + uvicorn.
+
+One command, one run, every baseline measured beside Lepton on the same machine::
+
+    .venv/bin/python bench/serve.py [--quick] [--json OUT]
+
+The model is the same everywhere: a digits MLP (64 -> 2048 -> 2048 -> 10, ReLU; trained one
+epoch on sklearn's ``load_digits``), saved whole with ``torch.save`` and registered in the
+store; every server runs it with ``torch.set_num_threads(1)`` under ``torch.inference_mode``.
+Hidden layers of 2048 make a forward pass cost what a small real model costs (a 17 MB weight
+read per call), so batching has something to save; the 64-wide MLP of the tests would make
+every figure pure HTTP overhead. Requests are one digit row as ``.npy`` bytes, answered as
+``.npy`` bytes (``Accept: application/x-npy``), sent by one loopback client: a minimal HTTP/1.1
+keep-alive client on asyncio streams, cheap enough not to be the bottleneck on 2 cores.
+
+Parts
+-----
+1. latency, one request at a time: (a) a Lepton endpoint (``deploy``, 1 replica, 1 CPU,
+   ``max_batch`` 32, bearer token) vs (b) a plain FastAPI + uvicorn server (a subprocess, one
+   worker, no auth) holding the same model; blocks of requests alternate between them.
+   Goal: p50(a) - p50(b) <= 2 ms.
+2. the same two at concurrency 16 (bounded count): p50, p99, requests/s.
+3. batching: Lepton endpoints with ``max_batch`` 32 vs ``max_batch`` 1 (1 replica each), at
+   concurrency 32, alternating rounds.   Goal: >= 3x the requests/s.
+
+Everything the run starts (cluster under its own LEPTON_HOME in /root/scr, Serve, the
+uvicorn subprocess) is stopped at the end, and every phase has a watchdog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness  # noqa: E402
+from _cold import head_pid, log  # noqa: E402
+from _harness import (descendants, format_facts, kill_pids, kill_session,  # noqa: E402
+                      machine_facts, on_emergency, percentile, phase, table, wait_session_gone,
+                      watchdog)
+from _report import verdict  # noqa: E402
+
+HIDDEN = 2048
+GOAL_OVERHEAD_MS = 2.0
+GOAL_BATCH_X = 3.0
+SCRATCH = Path("/root/scr")
+NPY = "application/x-npy"
+
+
+# -- the baseline server (run as: serve.py --baseline PORT MODEL_PATH) ---------------------------
+def baseline_server(port: int, model_path: str) -> None:
+    """Plain FastAPI + uvicorn holding the model: what one would write by hand."""
+    import numpy as np
+    import torch
+    import uvicorn
+    from fastapi import FastAPI, Request, Response
+
+    torch.set_num_threads(1)
+    model = torch.load(model_path, weights_only=False, map_location="cpu").eval()
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    async def predict(request: Request) -> Response:
+        x = np.load(io.BytesIO(await request.body()), allow_pickle=False).astype(np.float32)
+        with torch.inference_mode():
+            y = model(torch.from_numpy(x)).numpy()
+        buf = io.BytesIO()
+        np.save(buf, y)
+        return Response(buf.getvalue(), media_type=NPY)
+
+    # this module's `from __future__ import annotations` leaves names FastAPI cannot resolve
+    predict.__annotations__ = {"request": Request, "return": Response}
+    app.post("/predict")(predict)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- a minimal loopback HTTP/1.1 client ------------------------------------------------------------
+class Conn:
+    """One keep-alive connection; ``post`` returns (status, body)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            sock = self.writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in
+                (ln.partition(":") for ln in lines[1:] if ln)}
+        if "content-length" in hdrs:
+            data = await self.reader.readexactly(int(hdrs["content-length"]))
+        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            data = b"".join(parts)
+        else:
+            data = await self.reader.read()
+        if hdrs.get("connection", "").lower() == "close":
+            self.close()
+        return status, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _run_load(url: str, body: bytes, headers: dict[str, str], total: int,
+                    concurrency: int) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    remaining = iter(range(total))
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+
+    async def worker() -> None:
+        conn = Conn(u.hostname, u.port)
+        try:
+            for _ in remaining:
+                t0 = time.perf_counter()
+                try:
+                    status, _data = await conn.post(u.path, body, headers)
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    conn.close()
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
+                if status != 200:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+                else:
+                    lat.append(time.perf_counter() - t0)
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"latencies": lat, "wall_s": wall, "errors": errors, "total": total,
+            "concurrency": concurrency, "rps": len(lat) / wall}
+
+
+def load(url: str, body: bytes, headers: dict[str, str], total: int, concurrency: int
+         ) -> dict[str, Any]:
+    return asyncio.run(asyncio.wait_for(_run_load(url, body, headers, total, concurrency),
+                                        timeout=300))
+
+
+def deploy_floor(name: str, answer: bytes) -> str:
+    """The least a Ray Serve HTTP app can do per request: read the body, answer constant
+    bytes (no model, no auth). Its latency is the floor any Serve endpoint stands on."""
+    from ray import serve
+    from starlette.responses import Response
+
+    @serve.deployment(name=name, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
+                      logging_config={"enable_access_log": False})
+    class Floor:
+        async def __call__(self, request):
+            await request.body()
+            return Response(answer, media_type=NPY)
+
+    serve.run(Floor.bind(), name=name, route_prefix=f"/{name}")
+    return name
+
+
+def forward_times(model: Any) -> dict[str, float]:
+    """Milliseconds per forward pass in this process (1 thread), for 1 and 32 rows."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        with torch.inference_mode():
+            for rows in (1, 32):
+                x = torch.rand(rows, 64)
+                for _ in range(5):
+                    model(x)
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    model(x)
+                out[f"{rows}_rows_ms"] = (time.perf_counter() - t0) / 50 * 1e3
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+# -- setup -------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_model(path: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+                          nn.Linear(HIDDEN, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for i in range(0, len(x), 64):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt[i:i + 64]), yt[i:i + 64]).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(xt).argmax(1) == yt).float().mean())
+    torch.save(model, path)
+    return {"x": x, "model": model, "accuracy": acc,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def start_baseline(port: int, model_path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, "--baseline", str(port), str(model_path)],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    on_emergency(lambda: kill_session(proc.pid))
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the baseline server died: {proc.stderr.read()[-500:]!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the baseline server did not start within 120 s")
+            time.sleep(0.2)
+
+
+def stop_baseline(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        proc.wait(5)
+
+
+# -- parts -------------------------------------------------------------------------------------
+def stats(run: dict[str, Any]) -> dict[str, Any]:
+    lat = run["latencies"] or [float("nan")]
+    return {"n_ok": len(run["latencies"]), "errors": run["errors"],
+            "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
+            "mean_ms": statistics.fmean(lat) * 1e3,
+            "rps": run["rps"], "wall_s": run["wall_s"], "concurrency": run["concurrency"]}
+
+
+def alternate(contenders: dict[str, tuple[str, dict[str, str]]], body: bytes, rounds: int,
+              per_round: int, concurrency: int) -> dict[str, dict[str, Any]]:
+    """Rounds of ``per_round`` requests per contender, in rotating order; merged samples."""
+    names = list(contenders)
+    merged = {n: {"latencies": [], "wall_s": 0.0, "errors": {}, "n": 0} for n in names}
+    for i in range(rounds):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            url, headers = contenders[name]
+            run = load(url, body, headers, per_round, concurrency)
+            m = merged[name]
+            m["latencies"] += run["latencies"]
+            m["wall_s"] += run["wall_s"]
+            m["n"] += len(run["latencies"])
+            for e, c in run["errors"].items():
+                m["errors"][e] = m["errors"].get(e, 0) + c
+        log(f"  round {i + 1}/{rounds}")
+    out = {}
+    for name, m in merged.items():
+        out[name] = stats({"latencies": m["latencies"], "wall_s": m["wall_s"],
+                           "errors": m["errors"], "rps": m["n"] / m["wall_s"],
+                           "concurrency": concurrency})
+    return out
+
+
+def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    import numpy as np
+
+    from lepton_lab import cluster as lc
+    from lepton_lab.serve import DeploySpec, deploy, undeploy
+    from lepton_lab.store import get_store
+
+    model_path = Path(args.home) / "digits-mlp.pt"
+    with phase("train"):
+        m = train_model(model_path)
+    data = model_path.read_bytes()
+    rec = get_store().register_model(
+        "digits-wide", kind="trained", format="torch", path=str(model_path),
+        sha256=hashlib.sha256(data).hexdigest(), size=len(data), params=m["params"],
+        settings={"input_shape": [64]})
+    res["model"] = {"ref": rec.ref, "layers": [64, HIDDEN, HIDDEN, 10], "params": m["params"],
+                    "bytes": len(data), "train_accuracy": m["accuracy"],
+                    "forward": forward_times(m["model"])}
+    log(f"model {rec.ref}: {m['params']:,} parameters, accuracy {m['accuracy']:.2f}")
+    row = m["x"][:1]
+    buf = io.BytesIO()
+    np.save(buf, row)
+    body = buf.getvalue()
+    res["request_bytes"] = len(body)
+
+    log("starting the embedded cluster")
+    with watchdog(300, "the cluster start"), phase("cluster start"):
+        t0 = time.perf_counter()
+        lc.ensure_connected()
+        res["cluster_start_s"] = time.perf_counter() - t0
+    _harness.MONITOR.add_session(head_pid(args.home))
+    base_port = _free_port()
+    proc = start_baseline(base_port, model_path)
+    _harness.MONITOR.add_session(proc.pid)
+    deployed: list[str] = []
+    try:
+        with watchdog(300, "deploys"), phase("deploys"):
+            infos = {}
+            for name, mb in (("bench-lepton", 32), ("bench-b32", 32), ("bench-b1", 1)):
+                t0 = time.perf_counter()
+                infos[name] = deploy(rec.ref, DeploySpec(name=name, max_batch=mb,
+                                                         batch_wait_ms=5.0, cpus=0.5),
+                                     timeout=240)
+                deployed.append(name)
+                log(f"deployed {name} (max_batch {mb}) in {time.perf_counter() - t0:.1f} s")
+            out = io.BytesIO()
+            np.save(out, np.zeros((1, 10), np.float32))
+            deployed.append(deploy_floor("bench-floor", out.getvalue()))
+        res["deploy_s"] = {n: i.deploy_s for n, i in infos.items()}
+        npy = {"Content-Type": NPY, "Accept": NPY}
+
+        def lep(name: str) -> tuple[str, dict[str, str]]:
+            i = infos[name]
+            return i.predict_url, npy | {"Authorization": f"Bearer {i.token}"}
+
+        base = (f"http://127.0.0.1:{base_port}/predict", npy)
+        floor = (infos["bench-lepton"].url.rsplit("/", 1)[0] + "/bench-floor", npy)
+        trio = {"lepton": lep("bench-lepton"), "serve floor": floor, "fastapi": base}
+        for url, headers in trio.values():                       # warm-up, all checked
+            for _ in range(20):
+                r = load(url, body, headers, 1, 1)
+                assert not r["errors"], r["errors"]
+        r, n, c = args.rounds, args.seq_per_round, args.conc_per_round
+        log(f"part 1: sequential latency, {r} rounds x {n} requests each")
+        with watchdog(600, "part 1"), phase("part 1"):
+            res["part1"] = alternate(trio, body, r, n, 1)
+        log(f"part 2: concurrency 16, {r} rounds x {c} requests each")
+        with watchdog(600, "part 2"), phase("part 2"):
+            res["part2"] = alternate(trio, body, r, c, 16)
+        log(f"part 3: batched vs unbatched at concurrency 32, {r} rounds x {c} requests")
+        for name in ("bench-b32", "bench-b1"):
+            url, headers = lep(name)
+            load(url, body, headers, 64, 32)                         # warm-up
+        with watchdog(600, "part 3"), phase("part 3"):
+            res["part3"] = alternate({"max_batch 32": lep("bench-b32"),
+                                      "max_batch 1": lep("bench-b1")}, body, r, c, 32)
+    finally:
+        log("cleaning up")
+        with watchdog(180, "the clean-up"):
+            for name in deployed:
+                with contextlib.suppress(Exception):
+                    if name == "bench-floor":
+                        from ray import serve
+
+                        serve.delete(name)
+                    else:
+                        undeploy(name)
+            with contextlib.suppress(Exception):
+                from ray import serve
+
+                serve.shutdown()
+            stop_baseline(proc)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    home = tempfile.mkdtemp(prefix="lepton-bench-serve-", dir=SCRATCH)
+    args.home = home
+    os.environ["LEPTON_HOME"] = home
+    os.environ["LEPTON_SERVE_PORT"] = str(_free_port())
+    os.environ.pop("RAY_ADDRESS", None)
+    on_emergency(lambda: kill_session(head_pid(home) or -1))
+    on_emergency(lambda: kill_pids(descendants(os.getpid())))
+    from lepton_lab import cluster as lc
+    from lepton_lab.config import reset_config
+    from lepton_lab.store import reset_store
+
+    reset_config()
+    reset_store()
+    res: dict[str, Any] = {"lepton_home": home}
+    try:
+        measure(args, res)
+    finally:
+        with watchdog(120, "stopping the cluster"):
+            pid = head_pid(home)
+            lc.stop_embedded()
+            res["leftover_processes"] = wait_session_gone(pid) if pid else {}
+            if res["leftover_processes"].get("live"):
+                kill_session(pid)  # type: ignore[arg-type]
+        shutil.rmtree(home, ignore_errors=True)
+    return res
+
+
+# -- report ------------------------------------------------------------------------------------
+def _row(name: str, s: dict[str, Any]) -> list[str]:
+    errs = sum(s["errors"].values())
+    return [name, str(s["n_ok"]), f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}",
+            f"{s['mean_ms']:.2f}", f"{s['rps']:.0f}", str(errs)]
+
+
+def report(res: dict[str, Any]) -> str:
+    head = ["contender", "ok", "p50 ms", "p99 ms", "mean ms", "req/s", "errors"]
+    p1, p2, p3 = res["part1"], res["part2"], res["part3"]
+    overhead = p1["lepton"]["p50_ms"] - p1["fastapi"]["p50_ms"]
+    ratio = p3["max_batch 32"]["rps"] / p3["max_batch 1"]["rps"]
+    res["goals"] = {
+        "p50_overhead_ms": {"value": overhead, "goal": f"<= {GOAL_OVERHEAD_MS}",
+                            "met": overhead <= GOAL_OVERHEAD_MS},
+        "batched_vs_unbatched_rps": {"value": ratio, "goal": f">= {GOAL_BATCH_X}",
+                                     "met": ratio >= GOAL_BATCH_X},
+    }
+    md = res["model"]
+    fw = md["forward"]
+    floor_gap = p1["serve floor"]["p50_ms"] - p1["fastapi"]["p50_ms"]
+    lines = [format_facts(res["machine"]), "",
+             f"model {md['ref']}: MLP {' -> '.join(map(str, md['layers']))}, "
+             f"{md['params']:,} parameters ({md['bytes'] / 2**20:.1f} MiB), 1 torch thread; "
+             f"request: one row as .npy ({res['request_bytes']} bytes), answer .npy", "",
+             "## 1. One request at a time (Lepton: 1 replica, max_batch 32, bearer token; "
+             "FastAPI + uvicorn: 1 worker, no auth)", "",
+             table([_row("Lepton endpoint (Ray Serve)", p1["lepton"]),
+                    _row("Serve floor: read body, constant answer", p1["serve floor"]),
+                    _row("plain FastAPI + uvicorn", p1["fastapi"])], head), "",
+             f"p50 overhead: {overhead:+.2f} ms -> goal <= {GOAL_OVERHEAD_MS} ms: "
+             f"{verdict(overhead <= GOAL_OVERHEAD_MS)}",
+             f"  of which Ray Serve's floor (proxy hop + body fetch) vs FastAPI: "
+             f"{p1['serve floor']['p50_ms'] - p1['fastapi']['p50_ms']:+.2f} ms; Lepton's "
+             f"handler + model over the floor: {overhead - floor_gap:+.2f} ms (model forward "
+             f"alone: {fw['1_rows_ms']:.2f} ms)", "",
+             "## 2. Concurrency 16", "",
+             table([_row("Lepton endpoint (Ray Serve)", p2["lepton"]),
+                    _row("Serve floor: read body, constant answer", p2["serve floor"]),
+                    _row("plain FastAPI + uvicorn", p2["fastapi"])], head), "",
+             "## 3. Batching at concurrency 32 (Lepton endpoints, 1 replica each)", "",
+             table([_row("max_batch 32, batch_wait 5 ms", p3["max_batch 32"]),
+                    _row("max_batch 1 (no batching)", p3["max_batch 1"])], head), "",
+             f"batched / unbatched throughput: {ratio:.2f}x -> goal >= {GOAL_BATCH_X}x: "
+             f"{verdict(ratio >= GOAL_BATCH_X)}",
+             f"  model forward in-process: 1 row {fw['1_rows_ms']:.2f} ms, 32 rows "
+             f"{fw['32_rows_ms']:.2f} ms ({fw['32_rows_ms'] / 32:.3f} ms/row)",
+             f"  ceiling: the Serve floor app (no model) does {p2['serve floor']['rps']:.0f} "
+             f"req/s at concurrency 16, so no endpoint here can beat "
+             f"{p2['serve floor']['rps'] / p3['max_batch 1']['rps']:.2f}x the unbatched one; "
+             f"batched reaches {p3['max_batch 32']['rps'] / p2['serve floor']['rps']:.0%} "
+             "of that ceiling", "",
+             f"cluster start {res['cluster_start_s']:.1f} s; deploys: " + ", ".join(
+                 f"{k} {v:.1f} s" for k, v in res["deploy_s"].items()),
+             "after stopping the cluster: "
+             f"{len(res['leftover_processes'].get('live', []))} live process(es) left"]
+    cpu = res.get("cpu_by_phase")
+    if cpu:
+        lines += ["", f"## How busy the {res['machine']['cpu_count']} cores were", "",
+                  table([[name, f"{v['wall_s']:.1f}", f"{v['own_cores']:.2f}",
+                          f"{v['foreign_cores']:.2f}"] for name, v in cpu.items()],
+                        ["phase", "wall s", "cores used by this run",
+                         "cores used by other processes"])]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run (few requests)")
+    p.add_argument("--json", metavar="OUT",
+                   help="where to write the results (default bench/results/serve-DATE.json)")
+    p.add_argument("--baseline", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.baseline:
+        baseline_server(int(args.baseline[0]), args.baseline[1])
+        return 0
+    args.rounds, args.seq_per_round, args.conc_per_round = \
+        (2, 50, 200) if args.quick else (5, 200, 400)
+    res: dict[str, Any] = {"machine": machine_facts(), "quick": args.quick,
+                           "config": {"rounds": args.rounds,
+                                      "sequential_per_round": args.seq_per_round,
+                                      "concurrent_per_round": args.conc_per_round,
+                                      "hidden": HIDDEN, "torch_threads": 1}}
+    log(format_facts(res["machine"]))
+    _harness.MONITOR = _harness.CpuMonitor()
+    t0 = time.perf_counter()
+    res.update(run(args))
+    _harness.MONITOR.stop()
+    res["cpu_by_phase"] = _harness.MONITOR.phases
+    res["loadavg_end"] = list(os.getloadavg())
+    res["wall_s"] = time.perf_counter() - t0
+    text = report(res)
+    print(text)
+    print(f"\nwhole run: {res['wall_s']:.0f} s")
+    for part in ("part1", "part2", "part3"):
+        for s in res[part].values():
+            s.pop("latencies", None)
+    dest = args.json or str(Path(__file__).resolve().parent / "results" /
+                            f"serve-{res['machine']['date']}{'-quick' if args.quick else ''}.json")
+    Path(dest).write_text(json.dumps(res, indent=1, default=str))
+    log(f"results: {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
