@@ -144,3 +144,26 @@ def load_model(ref: str, device: str = "cpu") -> Any:
     """Load ``name[:version]`` from the registry (checksum verified)."""
     rec, data = read_artifact(ref)
     return load_bytes(data, rec.format, device)
+
+
+def register_trained(names: Any, namespace: dict[str, Any], *, run_id: str,
+                     run_name: str | None = None,
+                     checkpoint: str | None = None) -> list[ModelRecord]:
+    """Register the ``torch.nn.Module`` values a training run brought back (``names`` in
+    ``namespace``) as versions with the run as their lineage. With one module and a run
+    name, the model takes the run's name; otherwise the variable's. Unchanged weights are
+    not registered twice."""
+    import torch
+
+    modules = [(n, namespace[n]) for n in sorted(names)
+               if isinstance(namespace.get(n), torch.nn.Module)]
+    out = []
+    for var, module in modules:
+        name = run_name if run_name and len(modules) == 1 else var
+        try:
+            check_name(name)
+        except LeptonUsageError:
+            continue          # e.g. `_net`: not a registry name; `%lepton register` names it
+        out.append(register_module(module, name, kind="trained", run_id=run_id,
+                                   checkpoint=checkpoint))
+    return out

@@ -218,6 +218,19 @@ def finish_run_record(job_id: str, result: dict[str, Any], history: list | None 
     finish(job_id, result, history, latest)
 
 
+def _register_trained(job_id: str, names: list[str], namespace: dict[str, Any],
+                      sink: Sink) -> None:
+    """A detached training run's modules go into the registry, as an attached cell's do."""
+    from ..training._run import register_models
+
+    try:
+        run = get_store().get_run(job_id)
+    except JobNotFound:
+        return                     # a plain detached cell: not a training run
+    register_models(names, namespace, job_id, run.name, run.best_checkpoint or
+                    run.last_checkpoint, sink.status)
+
+
 def _final_status(state: str) -> str | None:
     return state if state in ("succeeded", "failed", "cancelled", "died") else None
 
@@ -333,6 +346,7 @@ def attach(ref: str, namespace: dict[str, Any], sink: Sink) -> JobRecord:
     names = sorted(full.get("values") or {})
     if names:
         sink.status(f"job {job.id} pulled: {', '.join(names)}")
+    _register_trained(job.id, names, namespace, sink)
     for name, why in skipped.items():
         sink.status(f"'{name}' stayed on the cluster: {why}")
     return get_store().get_job(job.id)

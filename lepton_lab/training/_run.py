@@ -291,4 +291,22 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
         where = run.get("best_checkpoint") or "no checkpoint (use lepton.training.epochs)"
         tee.status(f"training run {job_id} done in {res.get('elapsed', 0):.1f} s{note}; "
                    f"best checkpoint: {where}")
+        register_models(outcome.values, namespace, job_id, spec.name,
+                        run.get("best_checkpoint"), tee.status)
         return outcome
+
+
+def register_models(names: Any, namespace: dict[str, Any], run_id: str, run_name: str | None,
+                    checkpoint: str | None, say: Any) -> None:
+    """Trained modules that came back go into the model registry with the run's lineage."""
+    from ..registry import register_trained
+
+    try:
+        made = register_trained(names, namespace, run_id=run_id, run_name=run_name,
+                                checkpoint=checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the run succeeded; say why it is not registered
+        say(f"the trained model was not registered: {str(exc).splitlines()[0][:200]}")
+        return
+    if made:
+        say("registered " + ", ".join(m.ref for m in made) + " (`%lepton models`; "
+            "`%lepton compress NAME` / `%lepton deploy NAME`)")

@@ -16,12 +16,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def lepton_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("lepton-home")
     old = os.environ.get("LEPTON_HOME")
     os.environ["LEPTON_HOME"] = str(home)
     os.environ.pop("RAY_ADDRESS", None)
+    # endpoints of the session (the quickstart's too, in its own kernel) on a port that is
+    # free here: 8000 may be taken by something else on a developer's machine
+    os.environ.setdefault("LEPTON_SERVE_PORT", str(_free_port()))
     from lepton_lab.config import reset_config
     from lepton_lab.store import reset_store
 

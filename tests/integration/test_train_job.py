@@ -175,6 +175,8 @@ def test_tune_runs_a_few_samples_and_returns_the_best(digits_ip):
 
 
 def test_a_detached_training_run_is_attached_from_the_store(digits_ip, capsys):
+    import torch
+
     res = digits_ip.run_cell(
         "%%lepton train --workers 2 --detach --name detached-digits\n"
         "import torch\n"
@@ -196,6 +198,13 @@ def test_a_detached_training_run_is_attached_from_the_store(digits_ip, capsys):
     run = _latest_run("train")
     assert run.name == "detached-digits" and run.status == "succeeded"
     assert run.last_checkpoint and len(run.history) >= 3
+    from lepton_lab.registry import load_model
+    from lepton_lab.store import get_store
+
+    rec = get_store().get_model("detached-digits")     # the trained model is registered
+    assert rec.kind == "trained" and rec.run_id == run.id
+    x = digits_ip.user_ns["X"][:5]
+    assert torch.equal(load_model(rec.ref)(x), model(x))
     wait_for_free_cpus(timeout=10)
 
 
