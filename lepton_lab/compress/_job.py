@@ -35,8 +35,6 @@ class CompressOutcome:
 
 def remote_compress(model: Any, settings: Any, calib: Any, eval_data: Any) -> dict[str, Any]:
     """On the cluster: compress with live progress, show the report, return the artifacts."""
-    from IPython.display import HTML
-
     from ..remote._executor import display
     from ..remote._progress import progress
     from . import compress, save_artifact
@@ -50,7 +48,8 @@ def remote_compress(model: Any, settings: Any, calib: Any, eval_data: Any) -> di
         bars[stage] = (bar, max(done, seen))
 
     result = compress(model, settings, calib=calib, eval=eval_data, progress=on_progress)
-    display(HTML(result.to_html()))
+    display({"text/html": result.to_html(), "text/plain": f"{len(result.variants)} variants"},
+            raw=True)
     display(result.plot())
     artifacts = []
     with tempfile.TemporaryDirectory(prefix="lepton-compress-") as tmp:
