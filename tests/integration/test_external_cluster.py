@@ -51,7 +51,11 @@ def external(tmp_path_factory, cluster):
     # The head gives each Ray Client its own server process and waits 30 s for it by default;
     # on a 2-core CI box running the suite that start can take longer, so the admin allows more.
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
-               RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="120", RAY_AUTH_TOKEN=secrets.token_hex(32))
+               RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="120", RAY_AUTH_TOKEN=secrets.token_hex(32),
+               # the Ray Client proxy forks a server per client while its gRPC threads run;
+               # gRPC's epoll1 poller then sometimes aborts the proxy ("Check failed:
+               # next_worker->state == KICKED"). The poll poller has no such race.
+               GRPC_POLL_STRATEGY="poll")
     env.pop("RAY_ADDRESS", None)
     procs = []
     client_port = _free_port()

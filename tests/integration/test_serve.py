@@ -40,13 +40,14 @@ def _npy(arr) -> bytes:
 def serve_port(cluster):
     from lepton_lab.config import reset_config
 
+    from ray import serve
+
+    serve.shutdown()   # an earlier test (the quickstart) may have left Serve on another port
     old = os.environ.get("LEPTON_SERVE_PORT")
     port = _free_port()
     os.environ["LEPTON_SERVE_PORT"] = str(port)
     reset_config()
     yield port
-    from ray import serve
-
     serve.shutdown()
     if old is None:
         os.environ.pop("LEPTON_SERVE_PORT", None)
