@@ -16,7 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     import socket
 
     with socket.socket() as sock:
@@ -32,7 +33,7 @@ def lepton_home(tmp_path_factory):
     os.environ.pop("RAY_ADDRESS", None)
     # endpoints of the session (the quickstart's too, in its own kernel) on a port that is
     # free here: 8000 may be taken by something else on a developer's machine
-    os.environ.setdefault("LEPTON_SERVE_PORT", str(_free_port()))
+    os.environ.setdefault("LEPTON_SERVE_PORT", str(free_port()))
     from lepton_lab.config import reset_config
     from lepton_lab.store import reset_store
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import KernelClient, text_of
+from .conftest import KernelClient, free_port, text_of
 
 pytestmark = pytest.mark.integration
 
 RAY = str(Path(sys.executable).parent / "ray")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], log: Path, env: dict, timeout: float = 240) -> subprocess.Popen:
@@ -46,7 +40,7 @@ def _start(args: list[str], log: Path, env: dict, timeout: float = 240) -> subpr
 @pytest.fixture(scope="module")
 def external(tmp_path_factory, cluster):
     tmp = tmp_path_factory.mktemp("external")
-    port = _free_port()
+    port = free_port()
     # an admin's cluster with Ray's token authentication, as Ray 2.60 recommends
     # The head gives each Ray Client its own server process and waits 30 s for it by default;
     # on a 2-core CI box running the suite that start can take longer, so the admin allows more.
@@ -58,7 +52,7 @@ def external(tmp_path_factory, cluster):
                GRPC_POLL_STRATEGY="poll")
     env.pop("RAY_ADDRESS", None)
     procs = []
-    client_port = _free_port()
+    client_port = free_port()
     try:
         procs.append(_start(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
                              "--num-cpus", "1", "--include-dashboard", "false",
@@ -135,7 +129,7 @@ def test_ray_client_address(external, tmp_path):
 
 def test_unreachable_address_is_one_line_and_never_falls_back(cluster, tmp_path):
     home = tmp_path / "home"
-    env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{_free_port()}", LEPTON_HOME=str(home))
+    env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{free_port()}", LEPTON_HOME=str(home))
     k = _kernel(env)
     try:
         k.execute("%load_ext lepton_lab")

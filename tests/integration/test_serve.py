@@ -12,22 +12,18 @@ import asyncio
 import hashlib
 import io
 import os
-import socket
 import time
 
 import numpy as np
 import pytest
+
+from .conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 NAME = "digits-api"
 NPY = "application/x-npy"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _npy(arr) -> bytes:
@@ -44,7 +40,7 @@ def serve_port(cluster):
 
     serve.shutdown()   # an earlier test (the quickstart) may have left Serve on another port
     old = os.environ.get("LEPTON_SERVE_PORT")
-    port = _free_port()
+    port = free_port()
     os.environ["LEPTON_SERVE_PORT"] = str(port)
     reset_config()
     yield port
