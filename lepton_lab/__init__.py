@@ -18,7 +18,7 @@ from ._version import __version__
 
 __all__ = [
     "CellSpec", "LeptonError", "TextSink", "__version__", "connect", "display", "progress",
-    "run_cell", "status",
+    "record", "run_cell", "status",
 ]
 
 
@@ -28,6 +28,10 @@ def __getattr__(name: str):
         from . import remote
 
         return getattr(remote, name)
+    if name == "record":
+        from .pipeline._record import record
+
+        return record
     if name == "display":
         from .remote._executor import display
 

@@ -1,6 +1,8 @@
 """``lepton``: the command-line tool (same core as the magics).
 
     lepton run templates/quickstart.ipynb [-p NAME VALUE ...] [-o OUT.ipynb]
+    lepton sweep NB -p lr 0.1 0.01 -p epochs 2 4 [--parallel K]
+    lepton runs [RUN] | lepton compare RUN RUN | lepton reproduce RUN
     lepton status
     lepton jobs [--limit N]
     lepton logs JOB | lepton cancel JOB
@@ -11,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from .errors import LeptonError
 
@@ -20,14 +20,9 @@ from .errors import LeptonError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lepton", description="Lepton Lab: notebook cells on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="execute a notebook headlessly (papermill) on the cluster")
-    r.add_argument("notebook", type=Path)
-    r.add_argument("-o", "--output", type=Path,
-                   help="executed notebook (default: $LEPTON_HOME/runs/<name>-<time>.ipynb)")
-    r.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                   metavar=("NAME", "VALUE"), help="notebook parameter (YAML value)")
-    r.add_argument("-k", "--kernel", help="kernel name (default: the notebook's)")
-    r.add_argument("--timeout", type=float, default=1800, help="seconds per cell (default 1800)")
+    from ._cli_pipeline import add_parsers
+
+    add_parsers(sub)
     sub.add_parser("status", help="nodes, resources, running jobs, dashboard link")
     j = sub.add_parser("jobs", help="recorded jobs, newest first")
     j.add_argument("--limit", type=int, default=20)
@@ -38,41 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
-    import papermill as pm
-    import yaml
-
-    from .config import get_config
-
-    nb = args.notebook
-    if not nb.exists():
-        raise LeptonError(f"no notebook at {nb}")
-    out = args.output
-    if out is None:
-        runs = get_config().home_path / "runs"
-        runs.mkdir(parents=True, exist_ok=True)
-        out = runs / f"{nb.stem}-{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
-    params = {k: yaml.safe_load(v) for k, v in args.parameter}
-    start = time.monotonic()
-    try:
-        pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=args.kernel,
-                            execution_timeout=args.timeout, progress_bar=False,
-                            log_output=True, cwd=str(nb.parent))
-    except pm.PapermillExecutionError as exc:
-        print(f"lepton run: {nb} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
-              file=sys.stderr)
-        print(f"lepton run: the partly executed notebook is {out}", file=sys.stderr)
-        return 1
-    print(f"lepton run: {nb} finished in {time.monotonic() - start:.1f} s")
-    print(f"lepton run: executed notebook: {out}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args)
+        from ._cli_pipeline import dispatch
+
+        code = dispatch(args)
+        if code is not None:
+            return code
         if args.command == "status":
             from ._status import cluster_status, format_text
 

@@ -104,4 +104,34 @@ MIGRATIONS: list[str] = [
         error TEXT
     );
     """,
+    # 4: pipeline runs (papermill executions of a notebook, with their environment)
+    """
+    CREATE TABLE pipeline_runs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,            -- the notebook's stem
+        user TEXT NOT NULL,
+        status TEXT NOT NULL,          -- queued | running | succeeded | failed | cancelled | lost
+        created REAL NOT NULL,
+        finished REAL,
+        notebook TEXT NOT NULL,        -- input notebook path
+        output TEXT,                   -- executed notebook path
+        parameters TEXT,               -- JSON dict
+        env TEXT,                      -- JSON dict: python, packages, git, gpu, ray
+        inputs TEXT,                   -- JSON dict: path -> sha256 (the notebook included)
+        seed INTEGER,
+        cells TEXT,                    -- JSON list: index, status, duration, ename
+        metrics TEXT,                  -- JSON dict: name -> last value
+        series TEXT,                   -- JSON dict: name -> list of [step, value]
+        tables TEXT,                   -- JSON dict: name -> list of row dicts
+        figures TEXT,                  -- JSON dict: name -> image path
+        artifacts TEXT,                -- JSON dict: name -> reference (path or model ref)
+        error TEXT,
+        failed_cell INTEGER,
+        sweep TEXT,                    -- sweep id, when part of one
+        reproduces TEXT,               -- run id this run re-executes
+        cluster TEXT
+    );
+    CREATE INDEX pipeline_runs_created ON pipeline_runs(created);
+    CREATE INDEX pipeline_runs_sweep ON pipeline_runs(sweep);
+    """,
 ]

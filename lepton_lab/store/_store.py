@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from ..config import get_config
 from ..errors import JobNotFound
 from ._catalog import CatalogMixin
+from ._pipelines import PipelinesMixin
 from ._schema import MIGRATIONS
 
 #: Largest log tail kept per job in the store (characters).
@@ -98,9 +99,9 @@ class RunRecord:
         return dict(self.__dict__)
 
 
-class Store(CatalogMixin):
-    """Jobs, runs, models, reports, endpoints and the audit log in one SQLite file, safe for
-    concurrent writers."""
+class Store(CatalogMixin, PipelinesMixin):
+    """Jobs, runs, models, reports, endpoints, pipeline runs and the audit log in one SQLite
+    file, safe for concurrent writers."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)

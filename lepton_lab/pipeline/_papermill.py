@@ -1,0 +1,33 @@
+"""The ``lepton`` papermill engine, registered by entry point (``papermill.engine``).
+
+Papermill imports this module while it registers its engines, so it must not be imported
+before papermill is: use ``papermill.execute_notebook(..., engine_name="lepton")`` or
+``papermill --engine lepton``. The work is in :mod:`._engine`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from papermill.engines import NBClientEngine
+
+from ._engine import OPTIONS, begin, finish, inject_setup
+
+
+class LeptonEngine(NBClientEngine):
+    """papermill's nbclient engine, recording the run (see the module docstring)."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+        opts = {k: kwargs.pop(k) for k in OPTIONS if k in kwargs}
+        ctx = begin(nb_man.nb, nb_man.output_path, opts)
+        inject_setup(nb_man.nb, ctx)
+        error: BaseException | None = None
+        try:
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finish(nb_man.nb, ctx, error)
+            os.environ.pop("LEPTON_PIPELINE_RUN", None)
