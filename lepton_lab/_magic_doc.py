@@ -60,6 +60,19 @@ Outlive the kernel, then come back::
 
     %lepton attach nightly      # replays the output, pulls `result`
 
+In a pipeline (`lepton run`, papermill), keep an expensive cell's result between runs: a
+re-run after fixing a later cell gets the stored result when this cell's source and the
+values it reads are unchanged (nothing is sent to the cluster)::
+
+    %%lepton --cache --gpus 1
+    model, history = train(X, y, epochs=epochs)
+
+Record metrics for the pipeline run (`lepton runs`, `lepton compare`, the dashboards)::
+
+    import lepton_lab
+    lepton_lab.record("accuracy", acc)              # also works inside %%lepton cells
+    lepton_lab.record("loss", loss, step=epoch)     # a curve
+
 Line commands (`%lepton COMMAND`)
 ---------------------------------
   status                  nodes, CPUs, GPUs, memory, running jobs, dashboard link

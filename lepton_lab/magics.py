@@ -103,6 +103,9 @@ def cell_parser() -> _Parser:
                    help="set an environment variable for the cell (repeatable; no secrets)")
     p.add_argument("--all-ranks", action="store_true",
                    help="with --workers: show every rank's output in full, labelled")
+    p.add_argument("--cache", action="store_true",
+                   help="reuse the stored result of an earlier successful run of this cell when "
+                        "its source and the values it reads are unchanged (pipelines)")
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     return p
 
@@ -124,7 +127,7 @@ def parse_cell_line(line: str) -> CellSpec | None:
     return CellSpec(cpus=args.cpus, gpus=args.gpus, memory=args.memory, workers=args.workers,
                     timeout=args.timeout, name=args.name, detach=args.detach,
                     out=args.out, pull=not args.no_pull, env=parse_env(args.env),
-                    all_ranks=args.all_ranks)
+                    all_ranks=args.all_ranks, cache=args.cache)
 
 
 @functools.lru_cache(maxsize=1)
@@ -221,6 +224,14 @@ class LeptonMagics(Magics):
             return self._detach(cell, ns, spec)
         from ._display import CellSink
 
+        if spec.cache:
+            from .pipeline._cache import run_cached
+
+            flags = {"workers": spec.workers, "out": spec.out, "pull": spec.pull,
+                     "env": spec.env}
+            run_cached(cell, ns, flags, CellSink(),
+                       lambda sink: run_cell(cell, ns, spec, sink, origin=self._origin()))
+            return None
         run_cell(cell, ns, spec, CellSink(), origin=self._origin())
         return None
 

@@ -67,6 +67,7 @@ class CellSpec:
     pull: bool = True
     env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     all_ranks: bool = False
+    cache: bool = False             # reuse the stored result when source and inputs match
 
     def __post_init__(self) -> None:
         if self.cpus is not None and not (0 <= self.cpus <= 4096):
@@ -83,6 +84,10 @@ class CellSpec:
         if self.name is not None and not _NAME.match(self.name):
             raise LeptonUsageError(
                 f"--name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if self.cache and self.detach:
+            raise LeptonUsageError("--cache keeps the result of a cell that ran in this kernel; "
+                                   "a --detach job's result comes with `%lepton attach`. Drop "
+                                   "one of the two flags")
         if self.detach and self.workers is not None:
             raise LeptonUsageError(
                 "--detach runs a one-shot job that outlives the kernel; it cannot use the warm "
