@@ -146,6 +146,10 @@ def compress_model(model: str, settings: Any, *, namespace: dict[str, Any], sink
     report = store.add_report(original.ref, rows, settings=common,
                               target=common.get("target"), job_id=outcome.job_id)
     summary = ", ".join(f"{r.ref} ({r.settings.get('variant')})" for r in made) or "nothing"
-    sink.status(f"compressed {original.ref}: registered {summary}; report {report.id}"
-                + (f"; best: {best.ref}" if best else ""))
+    note = f"; best: {best.ref}" if best else ""
+    if best is None:
+        # no compressed variant kept its accuracy: the original is what to serve
+        best = original
+        note = f"; no variant passed its checks, so the best is the original {original.ref}"
+    sink.status(f"compressed {original.ref}: registered {summary}; report {report.id}{note}")
     return CompressOutcome(original=original, models=made, report=report, best=best)

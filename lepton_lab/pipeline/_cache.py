@@ -43,14 +43,49 @@ def cache_key(body: str, namespace: dict[str, Any], reads: set[str] | frozenset[
             continue
         value = namespace[name]
         h.update(name.encode())
-        if isinstance(value, types.ModuleType):
-            h.update(b"module:" + value.__name__.encode())
-            continue
         try:
-            h.update(hashlib.sha256(cloudpickle.dumps(value)).digest())
+            _digest(value, h, cloudpickle)
         except Exception as exc:  # noqa: BLE001 - any pickling failure: no caching
             return None, f"'{name}' cannot be pickled ({type(exc).__name__})"
     return h.hexdigest(), None
+
+
+def _digest(value: Any, h: Any, cloudpickle: Any, depth: int = 0) -> None:
+    """Feed ``value``'s content to ``h``. Arrays, tensors and modules are hashed by dtype,
+    shape and bytes: their pickles are not stable (torch writes a fresh serialization id into
+    every one), so the same data would never hit the cache."""
+    if isinstance(value, types.ModuleType):
+        h.update(b"module:" + value.__name__.encode())
+        return
+    kind = type(value)
+    mod = kind.__module__.split(".")[0]
+    if depth < 8 and kind in (list, tuple, dict):
+        items = value.items() if kind is dict else enumerate(value)
+        h.update(f"{kind.__name__}:{len(value)}".encode())
+        for k, v in items:
+            h.update(repr(k).encode())
+            _digest(v, h, cloudpickle, depth + 1)
+        return
+    if mod == "numpy" and hasattr(value, "tobytes") and hasattr(value, "dtype"):
+        import numpy as np
+
+        arr = np.ascontiguousarray(value)
+        h.update(f"ndarray:{arr.dtype}:{arr.shape}".encode())
+        h.update(arr.tobytes() if arr.dtype != object else cloudpickle.dumps(arr))
+        return
+    if mod == "torch":
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            t = value.detach().to("cpu").contiguous()
+            h.update(f"tensor:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            return
+    if hasattr(value, "state_dict") and hasattr(value, "named_modules"):   # nn.Module
+        h.update(f"module:{kind.__module__}.{kind.__qualname__}:{value!r}".encode())
+        _digest(dict(value.state_dict()), h, cloudpickle, depth + 1)
+        return
+    h.update(hashlib.sha256(cloudpickle.dumps(value)).digest())
 
 
 class _Recorder(Sink):

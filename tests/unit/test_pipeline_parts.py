@@ -160,3 +160,20 @@ def test_store_pipeline_runs(lepton_home):
     with pytest.raises(ValueError, match="status"):
         store.update_pipeline_run("p-0002", status="weird")
     assert not store.update_pipeline_run("p-9999", status="failed")
+
+
+def test_cache_key_is_stable_for_equal_tensors_and_modules():
+    # torch pickles carry a fresh serialization id each time: hashing them would never hit
+    import torch
+
+    def key(value):
+        return cache_key("y = v", {"v": value}, {"v"}, {})[0]
+
+    assert key((torch.arange(6.0), [torch.ones(2)])) == key((torch.arange(6.0), [torch.ones(2)]))
+    assert key(torch.arange(6.0)) != key(torch.arange(6.0) + 1)
+    assert key(torch.arange(6.0)) != key(torch.arange(6.0).reshape(2, 3))
+    torch.manual_seed(0)
+    a = torch.nn.Linear(2, 2)
+    torch.manual_seed(0)
+    b = torch.nn.Linear(2, 2)
+    assert key(a) == key(b) and key(a) != key(torch.nn.Linear(2, 2))
