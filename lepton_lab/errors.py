@@ -62,6 +62,12 @@ class JobNotFound(LeptonUsageError):
     http_status = 404
 
 
+class JobCancelled(LeptonError):
+    """The job was cancelled from another session (the sidebar, `%lepton cancel`, the CLI)."""
+
+    http_status = 409
+
+
 class MissingDependency(LeptonError):
     """An optional dependency is missing; the message names the extra to install."""
 

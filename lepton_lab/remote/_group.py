@@ -17,7 +17,7 @@ from typing import Any
 
 from ..cluster import ensure_connected
 from ..config import get_config
-from ..errors import CellTimeout, ClusterUnavailable, WorkerDied
+from ..errors import CellTimeout, ClusterUnavailable, JobCancelled, WorkerDied
 from ._analysis import analyze
 from ._executor import CellThread, new_namespace, pack_values, stream_cell
 from ._sink import LogTee, RankFolder, Sink
@@ -294,7 +294,8 @@ def run_group_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: S
             for rank, actor in enumerate(group.actors):
                 p = payload if rank == 0 else dict(payload, pull=False)
                 gens[actor.run.remote(p)] = rank
-            results = consume(gens, folder.handle, deadline=deadline, fail_fast=group.world > 1)
+            results = consume(gens, folder.handle, deadline=deadline, fail_fast=group.world > 1,
+                              job_id=job_id)
         except RankDied as dead:
             # the other ranks may wait forever in a collective on the dead one: stop them all
             for gen, rank in list(gens.items()):
@@ -304,7 +305,7 @@ def run_group_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: S
             group.broken = f"rank {dead.rank} died"
             stop_group()
             results = dead.results
-        except (KeyboardInterrupt, CellTimeout) as exc:
+        except (KeyboardInterrupt, CellTimeout, JobCancelled) as exc:
             _interrupt(group, gens, folder)
             if isinstance(exc, CellTimeout):
                 raise CellTimeout(f"the cell ran past --timeout {spec.timeout:g} s; every rank "

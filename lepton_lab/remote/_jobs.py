@@ -353,8 +353,9 @@ def attach(ref: str, namespace: dict[str, Any], sink: Sink) -> JobRecord:
 
 
 def cancel(ref: str) -> JobRecord:
-    """Cancel a job (a detached one through its keeper; a running cell from another kernel by
-    its Ray task name)."""
+    """Cancel a job: a detached one through its keeper; a cell running in some kernel by
+    recording it cancelled, which that kernel notices within about a second (it then stops
+    the remote work and frees its resources)."""
     import ray
 
     ensure_connected()

@@ -13,8 +13,8 @@ import cloudpickle
 
 from ..cluster import ensure_connected
 from ..config import get_config
-from ..errors import (CellTimeout, InfeasibleRequest, LeptonError, RemoteError,
-                      SerializationError, WorkerDied)
+from ..errors import (CellTimeout, InfeasibleRequest, JobCancelled, LeptonError,
+                      RemoteError, SerializationError, WorkerDied)
 from ..store import get_store
 from ._analysis import CellAnalysis, analyze, is_builtin
 from ._sink import LogTee, Sink
@@ -181,20 +181,27 @@ class RankDied(Exception):
 
 def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
             deadline: float | None, idle: Callable[[float], None] | None = None,
-            fail_fast: bool = False) -> dict[Any, dict]:
+            fail_fast: bool = False, job_id: str | None = None) -> dict[Any, dict]:
     """Drain streaming generators ``{generator: rank}`` until each has sent ``done``.
 
     Returns ``{rank: result}``; a rank whose worker failed gets ``{"status": "died", ...}``.
     Waits in short slices, so KeyboardInterrupt lands within ~0.1 s. Raises
     :class:`CellTimeout` when ``deadline`` (monotonic) passes. With ``fail_fast``, a dead
     rank raises :class:`RankDied` at once (its peers may be blocked in a collective on it).
+    With ``job_id``, a cancellation recorded by another session (the sidebar, `%lepton
+    cancel`) is noticed within about a second and raises :class:`JobCancelled`.
     """
     import ray
 
     pending = dict(streams)
     results: dict[Any, dict] = {}
-    started = time.monotonic()
+    started = next_check = time.monotonic()
     while pending:
+        if job_id is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + 1.0
+            if get_store().get_job(job_id).status == "cancelled":
+                raise JobCancelled("cancelled from another session (the sidebar, `%lepton "
+                                   "cancel` or `lepton cancel`); the remote work was stopped")
         slice_ = 0.1
         if deadline is not None:
             slice_ = max(0.0, min(slice_, deadline - time.monotonic()))
@@ -323,6 +330,8 @@ class Recorder:
             status, error = "cancelled", "interrupted by the user"
         elif isinstance(exc, CellTimeout):
             status, error = "timeout", str(exc)
+        elif isinstance(exc, JobCancelled):
+            status, error = "cancelled", "cancelled from another session"
         elif isinstance(exc, RemoteError):
             status, error = "failed", f"{exc.ename}: {exc.evalue}"
         elif exc is not None:
@@ -333,6 +342,8 @@ class Recorder:
             store.add_job_warning(self.job_id, text)
         store.finish_job(self.job_id, status, error=error[:2000] if error else None,
                          log=self.tee.text)
+        if isinstance(exc, JobCancelled):       # already final: keep the output log anyway
+            store.set_job_log(self.job_id, self.tee.text)
 
 
 def apply_outcome(outcome: CellOutcome, namespace: dict[str, Any], tee: Sink,
@@ -380,10 +391,13 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
             gens.append(_remote_task().options(name=f"lepton:{job_id}",
                                                **spec.ray_options()).remote(payload))
             results = consume({gens[0]: None}, lambda _r, ev: tee.handle(ev), deadline=deadline,
-                              idle=idle)
+                              idle=idle, job_id=job_id)
         except KeyboardInterrupt:
             cancel_streams(gens)
             tee.status("interrupted: the remote work was cancelled and its resources freed")
+            raise
+        except JobCancelled:
+            cancel_streams(gens)
             raise
         except CellTimeout:
             cancel_streams(gens)

@@ -132,6 +132,36 @@ def test_keyboard_interrupt_cancels_and_frees_resources(ip):
     assert jobs(ip)[0].status == "cancelled"
 
 
+def test_cancel_from_another_session_stops_the_remote_work(ip):
+    # the sidebar and `lepton cancel` only record the cancellation; the kernel running the
+    # cell notices it, stops the task and frees its CPU
+    from lepton_lab.errors import JobCancelled
+    from lepton_lab.remote._jobs import cancel
+
+    def cancel_when_running() -> None:
+        from lepton_lab.store import get_store
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = [j for j in get_store().list_jobs(status="running", limit=20)
+                     if j.name == "cancel-me"]
+            if found:
+                time.sleep(4.0)                 # the task has started and printed by then
+                cancel("cancel-me")
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=cancel_when_running, daemon=True).start()
+    t = time.monotonic()
+    res = run(ip, "--name cancel-me", "import time\nprint('started', flush=True)\n"
+              "for i in range(600):\n    time.sleep(0.1)")
+    assert isinstance(res.error_in_exec, JobCancelled), res.error_in_exec
+    assert time.monotonic() - t < 30
+    wait_for_free_cpus(timeout=5)
+    job = [j for j in jobs(ip) if j.name == "cancel-me"][0]
+    assert job.status == "cancelled" and "started" in (job.log or "")
+
+
 def test_worker_death_is_reported(ip):
     res = run(ip, "", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
     err = res.error_in_exec

@@ -18,7 +18,8 @@ def test_the_hierarchy_is_complete():
     names = {cls.__name__ for cls in ONE_LINERS}
     assert names == {"LeptonError", "LeptonUsageError", "ClusterUnavailable",
                      "InfeasibleRequest", "VersionMismatch", "SerializationError",
-                     "JobNotFound", "MissingDependency", "CellTimeout", "WorkerDied"}
+                     "JobNotFound", "JobCancelled", "MissingDependency", "CellTimeout",
+                     "WorkerDied"}
 
 
 @pytest.mark.parametrize("cls", ONE_LINERS, ids=lambda c: c.__name__)
