@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shlex
 import threading
 from typing import Any
@@ -272,6 +273,10 @@ class LeptonMagics(Magics):
             print(f"lepton: using the {what} at {conn.address}{dash}")
 
     def _origin(self) -> str:
+        # jupyter_server tells a kernel the path of its notebook (the sidebar opens it)
+        notebook = os.environ.get("JPY_SESSION_NAME")
+        if notebook:
+            return notebook
         kernel = getattr(self.shell, "kernel", None)
         session = getattr(getattr(kernel, "session", None), "session", None)
         return f"kernel:{session}" if session else "ipython"

@@ -253,9 +253,14 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
     def record(status: str, error: str | None = None, run: dict[str, Any] | None = None) -> None:
         run = run or {}
         monitor = tee.monitor
+        metrics = run.get("metrics") or (dict(monitor.latest) if monitor else None)
+        if monitor is not None and monitor.rates():
+            # samples/s of each rank over its last window (the dashboards' per-rank bars)
+            metrics = {**(metrics or {}),
+                       "throughput": {str(r): v for r, v in sorted(monitor.rates().items())}}
         store.update_run(job_id, status=status, error=error,
                          history=monitor.history if monitor else None,
-                         metrics=run.get("metrics") or (dict(monitor.latest) if monitor else None),
+                         metrics=metrics,
                          best_checkpoint=run.get("best_checkpoint"),
                          last_checkpoint=run.get("last_checkpoint"))
 

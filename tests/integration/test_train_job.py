@@ -72,6 +72,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(digits_ip, capsys):
     run = _latest_run("train")
     assert run.status == "succeeded" and run.name == "digits-ft"
     assert run.metrics["epoch"] == 4       # five epochs in all, counted once
+    assert set(run.metrics["throughput"]) == {"0", "1"}    # samples/s of each rank
     assert run.history and run.last_checkpoint and os.path.isdir(run.last_checkpoint)
     # the model came back and predicts in the notebook exactly as it did on rank 0
     import torch
