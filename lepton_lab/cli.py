@@ -7,6 +7,7 @@
     lepton jobs [--limit N]
     lepton logs JOB | lepton cancel JOB
     lepton cluster start | stop
+    lepton dashboard [--port P] [--run ID]
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=text).add_argument("job")
     c = sub.add_parser("cluster", help="the embedded local Ray cluster")
     c.add_argument("action", choices=["start", "stop"])
+    from .dashboard import _cli as dashboard_cli
+
+    dashboard_cli.add_parser(sub)
     return p
 
 
@@ -41,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         code = dispatch(args)
         if code is not None:
             return code
+        if args.command == "dashboard":
+            from .dashboard import _cli as dashboard_cli
+
+            return dashboard_cli.main(args)
         if args.command == "status":
             from ._status import cluster_status, format_text
 
