@@ -58,3 +58,15 @@ def unload_ipython_extension(ipython) -> None:
     from .magics import unregister
 
     unregister(ipython)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab sidebar (built from ../labextension into lepton_lab/labextension)."""
+    return [{"src": "labextension", "dest": "lepton-lab"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The REST API the sidebar calls (``lepton_lab.server``)."""
+    from .server import _jupyter_server_extension_points as points
+
+    return points()

@@ -191,3 +191,40 @@ def test_cached_cell_hits_when_source_and_inputs_are_unchanged(tmp_path, cluster
     third = run_notebook(nb, RunOptions(parameters=(("data", [1, 2, 4]),), cell_timeout=300))
     assert "--cache hit" not in texts(third) and third.metrics["total"] == 14
     assert len(pipeline_home.list_jobs(limit=1000)) == jobs_before + 2
+
+
+def test_interrupting_a_sweep_cancels_its_runs_and_stops_their_kernels(tmp_path, cluster,
+                                                                        pipeline_home):
+    import _thread
+    import threading
+
+    from lepton_lab.pipeline import SweepOptions, run_sweep
+
+    from .conftest import wait_for_free_cpus
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    nb = write_nb(tmp_path / "slow.ipynb",
+                  f"import os, time\nopen(os.path.join({str(marks)!r}, f'{{a}}.pid'), 'w')"
+                  ".write(str(os.getpid()))\ntime.sleep(300)", params="a = 0")
+
+    def interrupt_when_running() -> None:
+        deadline = time.monotonic() + 120
+        while len(list(marks.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(nb, {"a": [1, 2]}, SweepOptions(parallel=2, cell_timeout=600))
+    assert time.monotonic() - start < 150
+    pids = [int(p.read_text()) for p in marks.glob("*.pid")]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "a run's kernel survived"
+    wait_for_free_cpus(timeout=20)
+    runs = pipeline_home.list_pipeline_runs(name="slow", limit=5)
+    assert sorted(r.status for r in runs) == ["cancelled", "cancelled"]
