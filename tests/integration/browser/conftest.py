@@ -30,9 +30,13 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module.
+
+    Playwright's sync API keeps an asyncio loop running in this thread while it is open, so
+    it must close before other modules run: tests that drive their own loop (pytest-jupyter's
+    jp_fetch, asyncio.run) fail with "This event loop is already running" otherwise."""
     exe = chromium_path()
     if exe is None:
         pytest.skip("no Chromium: `apt-get install -y chromium` (or set LEPTON_CHROMIUM)")
