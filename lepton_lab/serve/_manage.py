@@ -290,6 +290,8 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
                                "max_ongoing": spec.max_ongoing}
     store.put_endpoint(spec.name, model=rec.ref, status="deploying", url=url,
                        token_hash=token_hash, token_hint=hint, config=config)
+    store.audit("deploy", cluster=conn.address,
+                detail=f"{spec.name} {rec.ref} sha256 {rec.sha256[:16]}")
     from ray import serve
 
     old = serve.status().applications.get(spec.name)
@@ -309,6 +311,7 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
         if old is not None:   # a failed update: Serve keeps the old replicas while it can
             msg += "; the previous version may still be serving"
         store.set_endpoint_status(spec.name, "failed", error=msg)
+        store.audit("deploy", cluster=conn.address, outcome="failed", detail=spec.name)
         if old is None:
             with contextlib.suppress(Exception), _quiet_serve():
                 serve.delete(spec.name, _blocking=False)
@@ -317,6 +320,7 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
         raise DeployError(f"endpoint {spec.name!r} ({rec.ref}) failed to deploy: {msg}"
                           ) from None
     store.set_endpoint_status(spec.name, "running", url=url)
+    store.audit("deploy", cluster=conn.address, outcome="running", detail=spec.name)
     if token:
         _TOKENS[spec.name] = token
     replicas = spec.autoscale or spec.replicas
@@ -421,6 +425,7 @@ def undeploy(name: str, timeout: float = 60.0) -> None:
                                   "`%lepton endpoints` shows its state")
             time.sleep(POLL_S)
     store.set_endpoint_status(name, "deleted")
+    store.audit("undeploy", outcome="deleted", detail=name)
     _TOKENS.pop(name, None)
 
 

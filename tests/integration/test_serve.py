@@ -133,6 +133,10 @@ def test_deploy_returns_the_token_once_and_stores_only_its_hash(endpoint, serve_
     st = endpoint_status(NAME)
     assert st["live"] == "RUNNING" and st["replicas"] == {"RUNNING": 2}
     assert endpoint.token not in str(st) and rec.token_hash not in str(st)
+    audit = [e for e in get_store().audit_entries(limit=500) if e["action"] == "deploy"
+             and NAME in (e["detail"] or "")]
+    assert {e["outcome"] for e in audit} >= {None, "running"}       # every deployment is logged
+    assert not any(endpoint.token in str(e) for e in audit)
 
 
 def test_json_npy_and_client_predictions_equal_the_local_model(endpoint, digits):
@@ -455,6 +459,8 @@ def test_undeploy_removes_the_endpoint(endpoint, digits):
 
     undeploy(NAME)
     assert get_store().get_endpoint(NAME).status == "deleted"
+    assert any(e["action"] == "undeploy" and e["detail"] == NAME
+               for e in get_store().audit_entries(limit=50))
     assert NAME not in [r["name"] for r in list_endpoints()]
     deadline = time.monotonic() + 20
     while True:               # the proxies drop the route shortly after the app is gone
