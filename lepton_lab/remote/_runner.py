@@ -322,6 +322,7 @@ class Recorder:
         self.job_id, self.tee = job_id, tee
 
     def __enter__(self) -> "Recorder":
+        self.tee.job_id = self.job_id
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:

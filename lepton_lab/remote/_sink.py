@@ -7,6 +7,7 @@ The core never imports IPython. The IPython adapter (``lepton_lab._display``) im
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -82,6 +83,8 @@ class LogTee(Sink):
         self._parts: deque[str] = deque()
         self._size = 0
         self.monitor: Any = None  # a TrainMonitor once the first training report arrives
+        self.job_id: str | None = None   # set by the Recorder: progress goes to the job record
+        self._progress_at = 0.0
 
     def _keep(self, text: str) -> None:
         self._parts.append(text)
@@ -103,6 +106,22 @@ class LogTee(Sink):
 
     def progress(self, *args: Any) -> None:
         self.inner.progress(*args)
+        key, n, total, desc, rate = args
+        self._save_progress({"n": n, "total": total, "desc": desc, "rate": rate},
+                            final=bool(total) and n >= total)
+
+    def _save_progress(self, progress: dict[str, Any], final: bool = False) -> None:
+        """At most once a second (and at the end of a bar), so other sessions see it."""
+        now = time.monotonic()
+        if self.job_id is None or (now - self._progress_at < 1.0 and not final):
+            return
+        self._progress_at = now
+        try:
+            from ..store import get_store
+
+            get_store().set_job_progress(self.job_id, progress)
+        except Exception:  # noqa: BLE001 - progress is a nicety; the cell goes on
+            pass
 
     def train_event(self, payload: dict[str, Any]) -> None:
         if self.monitor is None:
@@ -110,6 +129,10 @@ class LogTee(Sink):
 
             self.monitor = TrainMonitor()
         self.monitor.add(payload)
+        fraction = self.monitor.fraction
+        if fraction is not None:
+            self._save_progress({"n": round(fraction * 100), "total": 100, "desc": "training",
+                                 "rate": self.monitor.samples_per_s})
         for text in self.monitor.take_new_warnings():
             self.status(f"WARNING {text}")
         self.inner.train_view(self.monitor)

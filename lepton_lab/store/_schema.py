@@ -134,4 +134,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pipeline_runs_created ON pipeline_runs(created);
     CREATE INDEX pipeline_runs_sweep ON pipeline_runs(sweep);
     """,
+    # 5: the latest progress of a running job (sidebar and dashboards show it)
+    """
+    ALTER TABLE jobs ADD COLUMN progress TEXT;     -- JSON: n, total, desc, rate
+    """,
 ]

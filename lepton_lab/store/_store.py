@@ -54,6 +54,7 @@ class JobRecord:
     error: str | None = None
     log: str | None = None
     warnings: list[str] = field(default_factory=list)
+    progress: dict[str, Any] | None = None
 
     @property
     def elapsed(self) -> float | None:
@@ -215,6 +216,11 @@ class Store(CatalogMixin, PipelinesMixin):
     def set_job_log(self, job_id: str, log: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET log=? WHERE id=?", (log[-LOG_LIMIT:], job_id))
+
+    def set_job_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        """The latest progress of a running job (``n``, ``total``, ``desc``, ``rate``)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET progress=? WHERE id=?", (_dumps(progress), job_id))
 
     def add_job_warning(self, job_id: str, text: str) -> None:
         """Append a warning to a job (identical text is kept once; the newest 100 are kept)."""
@@ -388,6 +394,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
     d = dict(row)
     d["resources"] = json.loads(d["resources"]) if d["resources"] else {}
     d["warnings"] = json.loads(d["warnings"]) if d.get("warnings") else []
+    d["progress"] = json.loads(d["progress"]) if d.get("progress") else None
     return JobRecord(**d)
 
 

@@ -208,8 +208,13 @@ def test_live_progress_and_display_events_reach_the_sink(cluster):
             "display({'text/html': '<b>done</b>', 'text/plain': 'done'}, raw=True)\n"
             "print('end')")
     end = None
-    run_cell(body, {}, CellSpec(), Recorder())
+    outcome = run_cell(body, {}, CellSpec(), Recorder())
     end = time.monotonic()
+    from lepton_lab.store import get_store
+
+    # the job record keeps the latest progress, for the sidebar and other sessions
+    assert get_store().get_job(outcome.job_id).progress == {
+        "n": 5, "total": 5, "desc": "steps", "rate": pytest.approx(5, rel=0.9)}
     kinds = [k for k, _, _ in seen]
     assert "progress" in kinds and "display" in kinds
     assert any(p == (5, 5) for k, _, p in seen if k == "progress")

@@ -128,3 +128,22 @@ def test_text_sink_and_default_handle(capsys):
     captured = capsys.readouterr()
     assert captured.out == "to-out\n42\n"
     assert captured.err == "to-err\nepochs: 3/3 (2.0/s)\n"
+
+
+def test_logtee_saves_throttled_progress_to_the_job_record(lepton_home):
+    from lepton_lab.store import get_store
+
+    store = get_store()
+    store.create_job("j-progress", kind="cell", name=None, cluster=None, resources={},
+                     source="x", source_hash="h")
+    tee = LogTee(Sink())
+    tee.progress("bar", 1, 10, "steps", 2.0)          # no job id yet: nothing saved
+    assert store.get_job("j-progress").progress is None
+    tee.job_id = "j-progress"
+    tee.progress("bar", 2, 10, "steps", 2.0)
+    assert store.get_job("j-progress").progress == {"n": 2, "total": 10, "desc": "steps",
+                                                    "rate": 2.0}
+    tee.progress("bar", 3, 10, "steps", 2.0)          # within a second: skipped
+    assert store.get_job("j-progress").progress["n"] == 2
+    tee.progress("bar", 10, 10, "steps", 2.0)         # the end of a bar is always saved
+    assert store.get_job("j-progress").progress["n"] == 10
