@@ -18,7 +18,7 @@ LABEXT_SRC = labextension/package.json labextension/yarn.lock labextension/schem
 # already satisfied. An unpinned torch resolves to a multi-GB CUDA build on Linux.
 TORCH = torch==2.13.0
 
-.PHONY: venv run test bench lab labext clean
+.PHONY: venv run test bench lab labext chromium clean
 
 venv: $(STAMP)
 
@@ -49,8 +49,16 @@ $(LABEXT): $(LABEXT_SRC)
 run: venv
 	$(BIN)/lepton run templates/quickstart.ipynb
 
-test: venv $(LABEXT)
+test: venv $(LABEXT) chromium
 	$(BIN)/python -m pytest tests -q
+
+# The browser tests drive the system Chromium (never `playwright install`). On a fresh Debian
+# machine where we are root, install it; elsewhere the browser tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x "$${LEPTON_CHROMIUM:-/nonexistent}" || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get install -y chromium >/dev/null || echo "make: Chromium could not be installed; the browser tests will skip"; \
+	    else echo "make: no Chromium (apt-get install -y chromium); the browser tests will skip"; fi; }
 
 bench: venv
 	$(BIN)/python bench/dispatch.py
