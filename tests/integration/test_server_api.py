@@ -3,12 +3,12 @@ processes, cancel through the core (audited, resources freed), disconnect and co
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F401,F403 - jp_fetch & co. for this module only
 
+from tests._server_api import call as _call
 from tests.integration.conftest import wait_for_free_cpus
 
 pytestmark = pytest.mark.integration
@@ -21,12 +21,8 @@ def jp_server_config(cluster):
 
 
 def call(loop, jp_fetch, path, method="GET", body=None, **kw):
-    if method == "POST" and body is None:
-        body = "{}"
-    resp = loop.run_until_complete(jp_fetch("lepton", "api", *path.split("/"), method=method,
-                                            body=body, raise_error=False,
-                                            request_timeout=120, **kw))
-    return resp.code, json.loads(resp.body or b"null")
+    # the cluster answers slowly under load: a longer request timeout than the default
+    return _call(loop, jp_fetch, path, method, body, request_timeout=120, **kw)
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):

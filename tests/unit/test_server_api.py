@@ -13,21 +13,13 @@ from pytest_jupyter.jupyter_server import *  # noqa: F401,F403 - jp_fetch & co. 
 from lepton_lab import errors
 from lepton_lab.server._core import notebook_for
 from lepton_lab.server._handlers import ROUTES, status_for
+from tests._server_api import call
 
 
 @pytest.fixture
 def jp_server_config(lepton_home):
     # authentication stays on: the server gets a random token (jp_auth_header sends it)
     return {"ServerApp": {"jpserver_extensions": {"lepton_lab": True}}}
-
-
-def call(loop, jp_fetch, path, method="GET", body=None, **kw):
-    """(status, JSON) of a request with the test server's token."""
-    if method == "POST" and body is None:
-        body = "{}"
-    resp = loop.run_until_complete(jp_fetch("lepton", "api", *path.split("/"), method=method,
-                                            body=body, raise_error=False, **kw))
-    return resp.code, json.loads(resp.body or b"null")
 
 
 def lepton_rules(app):
