@@ -451,6 +451,20 @@ def test_list_endpoints_merges_the_store_with_serve(endpoint):
     assert rows["broken-api"]["live"] == "NOT RUNNING"
 
 
+def test_the_dashboard_sees_and_calls_the_real_endpoint(endpoint, digits):
+    # the Voila endpoints page: health and latency, and "try it", against real Serve
+    from lepton_lab.dashboard._endpoints import endpoint_rows, try_endpoint
+
+    row = next(r for r in endpoint_rows() if r["name"] == NAME)
+    assert row["health"] == "answering" and row["latency_ms"] > 0 and row["auth"]
+    assert endpoint.token not in str(row)
+    x = digits["x"][:1]
+    answer = try_endpoint(NAME, x, endpoint.token)
+    assert answer["ok"] and answer["top"][0]["class"] == int(local(digits, x).argmax())
+    wrong = try_endpoint(NAME, x, "lep_wrong")
+    assert not wrong["ok"] and "401" in wrong["error"] and "lep_wrong" not in wrong["error"]
+
+
 def test_undeploy_removes_the_endpoint(endpoint, digits):
     import httpx
 
