@@ -358,6 +358,39 @@ def test_voila_entry_point_refuses_to_serve_without_a_token(monkeypatch, capsys)
     assert _voila_main.main(["x", "--token=abc"]) == 2
 
 
+@pytest.mark.parametrize("path, query, url", [
+    ("/voila/render/run.ipynb", "token=abc&run=r1", "/voila/render/run.ipynb?run=r1"),
+    ("/voila/render/run.ipynb", "run=r1&token=abc&token=def&q=a+b",
+     "/voila/render/run.ipynb?run=r1&q=a+b"),
+    ("/", "token=abc", "/"),
+    ("/voila/render/runs.ipynb", "tokens=1&token=", "/voila/render/runs.ipynb?tokens=1"),
+])
+def test_without_token_drops_only_the_token(path, query, url):
+    from lepton_lab.dashboard._voila_main import without_token
+
+    assert without_token(path, query) == url
+
+
+def test_voila_app_swaps_the_page_handlers_for_token_free_ones(monkeypatch):
+    """Voila's own handler list, with its page and directory handlers replaced (the real
+    redirect is tested in Chromium, tests/integration/browser/test_dashboard.py)."""
+    from voila.app import Voila
+    from voila.tornado.handler import TornadoVoilaHandler
+    from voila.tornado.treehandler import TornadoVoilaTreeHandler
+
+    from lepton_lab.dashboard._voila_main import _voila_app
+
+    other = object()
+    upstream = [("/", TornadoVoilaTreeHandler, {"a": 1}), ("/voila/render/(.*)",
+                TornadoVoilaHandler, {"b": 2}), ("/api/x", other), "not-a-tuple"]
+    monkeypatch.setattr(Voila, "init_handlers", lambda self: list(upstream))
+    handlers = _voila_app()().init_handlers()
+    assert handlers[2:] == upstream[2:]
+    for (path, cls, kw), (up_path, up_cls, up_kw) in zip(handlers[:2], upstream[:2]):
+        assert (path, kw) == (up_path, up_kw)
+        assert issubclass(cls, up_cls) and cls is not up_cls and cls.__name__.startswith("Token")
+
+
 def test_start_rejects_a_short_token_and_a_busy_port(lepton_home, monkeypatch):
     import socket
 

@@ -228,6 +228,13 @@ def fetch(url: str, headers: dict | None = None) -> tuple[int, str, str]:
         return exc.code, exc.headers.get("Location", ""), exc.read().decode(errors="replace")
 
 
+def open_logged_in(url: str) -> tuple[str, str]:
+    """Follow ``url`` as a browser would (cookies kept): (final URL, body)."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(url, timeout=60) as r:
+        return r.geturl(), r.read().decode(errors="replace")
+
+
 # -- the tests ---------------------------------------------------------------------------------
 def test_access_without_the_token_is_refused(dashboard, recorded, page):
     for path in ("/", "/voila/render/runs.ipynb",
@@ -255,6 +262,40 @@ def test_access_without_the_token_is_refused(dashboard, recorded, page):
         except OSError:
             continue
         assert "LEPTON_DASHBOARD_TOKEN" not in environ
+
+
+def test_the_token_leaves_the_url_and_never_reaches_a_page_kernel(dashboard, recorded, page):
+    # the first visit with the right token logs in and is sent on without it, query kept;
+    # the login cookie that comes with the redirect is enough for the page
+    url = dashboard.url("run", run=recorded.train_id)
+    status, location, _ = fetch(url)
+    assert status == 302 and TOKEN not in location, (status, location)
+    assert location.endswith(f"/voila/render/run.ipynb?run={recorded.train_id}"), location
+    final, body = open_logged_in(url)
+    assert TOKEN not in final and recorded.train_id in body
+    # in the browser: the page renders, its address has no token, and while its kernel is
+    # alive that kernel's environment (QUERY_STRING included) does not hold the token
+    open_page(page, dashboard, "run", "#lepton-run-id", run=recorded.train_id)
+    assert "token=" not in page.url and recorded.train_id in page.url
+    environs = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _ppid(proc) == dashboard.proc.pid and "kernel" in _cmdline(proc):
+            try:
+                environs.append((proc / "environ").read_bytes().decode(errors="replace"))
+            except OSError:
+                continue                  # a kernel that ended meanwhile
+    assert environs, "no page kernel found under the Voila process"
+    for environ in environs:
+        assert TOKEN not in environ
+    # the page's own parameters still arrive
+    assert any(f"QUERY_STRING=run={recorded.train_id}" in e for e in environs)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _ppid(proc: Path) -> int | None:
@@ -379,8 +420,8 @@ def test_lepton_dashboard_command_prints_the_url_once_and_stops_on_sigterm(dash_
         url = lines[1].split("open ", 1)[1].strip()
         assert url.startswith("http://127.0.0.1:") and f"run={recorded.train_id}" in url
         assert "".join(lines).count(TOKEN) == 1
-        status, _, body = fetch(url)
-        assert status == 200 and recorded.train_id in body
+        final, body = open_logged_in(url)
+        assert recorded.train_id in body and TOKEN not in final
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
