@@ -9,6 +9,7 @@ import functools
 import time
 from typing import Any
 
+from ._parsing import UsageParser, real
 from .errors import LeptonUsageError
 
 COMMANDS = ("compress", "models", "register", "deploy", "endpoints", "predict", "undeploy")
@@ -37,21 +38,9 @@ EXAMPLES = """examples:
 _TOKENS: dict[str, str] = {}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise LeptonUsageError(f"{self.prog}: {message} (see `{self.prog} -h`)")
-
-
-def _fraction(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
 @functools.lru_cache(maxsize=None)
-def parser(command: str) -> _Parser:
-    p = _Parser(prog=f"%lepton {command}", add_help=False, allow_abbrev=False,
+def parser(command: str) -> UsageParser:
+    p = UsageParser(prog=f"%lepton {command}", add_help=False, allow_abbrev=False,
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     if command == "compress":
@@ -60,7 +49,7 @@ def parser(command: str) -> _Parser:
                          "before/after report with a plot; variants go into the registry.")
         p.add_argument("model", nargs="?", help="a notebook variable or a registry "
                                                 "name[:version]")
-        p.add_argument("--prune", type=_fraction, default=0.0, metavar="RATIO",
+        p.add_argument("--prune", type=real, default=0.0, metavar="RATIO",
                        help="fraction of channels/neurons to remove (0..0.95); default 0")
         p.add_argument("--quantize", default="none", choices=["int8", "fp8", "bf16", "none"],
                        help="weights/activations precision; fp8 needs an H100-class GPU")
@@ -77,7 +66,7 @@ def parser(command: str) -> _Parser:
         p.add_argument("--name", help="registry name for the results (default: the model's)")
         p.add_argument("--run", metavar="RUN", help="training run the model came from "
                                                     "(lineage)")
-        p.add_argument("--timeout", type=_fraction, metavar="SECONDS")
+        p.add_argument("--timeout", type=real, metavar="SECONDS")
     elif command == "register":
         p.add_argument("var", nargs="?", help="notebook variable holding a torch.nn.Module")
         p.add_argument("name", nargs="?", help="registry name")
@@ -88,17 +77,17 @@ def parser(command: str) -> _Parser:
         p.add_argument("model", nargs="?", help="registry name[:version] (default latest)")
         p.add_argument("--name", help="endpoint name (URL path); default: the model's name")
         p.add_argument("--replicas", type=int, default=1, metavar="N")
-        p.add_argument("--gpus", type=_fraction, default=0.0, metavar="G",
+        p.add_argument("--gpus", type=real, default=0.0, metavar="G",
                        help="GPUs per replica")
-        p.add_argument("--cpus", type=_fraction, default=1.0, metavar="C",
+        p.add_argument("--cpus", type=real, default=1.0, metavar="C",
                        help="CPUs per replica")
         p.add_argument("--max-batch", type=int, default=32, metavar="B",
                        help="largest dynamic batch; 1 turns batching off")
-        p.add_argument("--batch-wait-ms", type=_fraction, default=5.0, metavar="T",
+        p.add_argument("--batch-wait-ms", type=real, default=5.0, metavar="T",
                        help="how long a batch waits to fill up")
         p.add_argument("--autoscale", metavar="MIN:MAX", help="replicas scale between MIN "
                                                               "and MAX with load")
-        p.add_argument("--timeout", type=_fraction, default=180.0, metavar="SECONDS")
+        p.add_argument("--timeout", type=real, default=180.0, metavar="SECONDS")
     elif command == "predict":
         p.add_argument("endpoint", nargs="?")
         p.add_argument("data", nargs="?", help="a notebook expression: array, tensor or list")
@@ -113,7 +102,7 @@ def _required(args: argparse.Namespace, command: str, *names: str) -> None:
     missing = [n for n in names if getattr(args, n) in (None, "")]
     if missing:
         raise LeptonUsageError(f"%lepton {command} needs {' and '.join(m.upper() for m in missing)}"
-                               f" (see `%lepton {command} -h`)")
+                               f"; see `%lepton {command} -h`")
 
 
 def run(command: str, words: list[str], shell: Any, origin: str | None) -> Any:

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import time
 from typing import Any
 
+from ._parsing import UsageParser as _Parser
+from ._parsing import names as _names
+from ._parsing import number as _number
+from ._parsing import positive_int as _positive_int
 from .errors import LeptonUsageError
 
 TRAIN_EXAMPLES = """examples:
@@ -25,12 +30,10 @@ TUNE_EXAMPLES = """examples (the cell declares `search_space`; the rest reads `c
 
 @functools.lru_cache(maxsize=1)
 def train_parser():
-    from .magics import _names, _number, _Parser, _positive_int
-
     p = _Parser(prog="%%lepton train", add_help=False, allow_abbrev=False,
                 description="Run this cell as the per-worker loop of a Ray Train job "
                             "(DDP; fault tolerant; checkpoints to storage).",
-                epilog=TRAIN_EXAMPLES, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="training workers (ranks); default 1")
     p.add_argument("--gpus-per-worker", type=_number, default=0.0, metavar="G",
@@ -75,12 +78,10 @@ def train_parser():
 
 @functools.lru_cache(maxsize=1)
 def tune_parser():
-    from .magics import _number, _Parser, _positive_int
-
     p = _Parser(prog="%%lepton tune", add_help=False, allow_abbrev=False,
                 description="Search hyperparameters: run this cell as a Ray Tune trainable "
                             "over the `search_space` it declares.",
-                epilog=TUNE_EXAMPLES, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                epilog=TUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=_positive_int, default=4, metavar="N",
                    help="trials to run; default 4")
     p.add_argument("--scheduler", choices=["asha", "pbt", "fifo"], default="asha",

@@ -19,8 +19,13 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from ._magic_doc import DOC
+from ._parsing import UsageParser as _Parser
+from ._parsing import names as _names
+from ._parsing import number as _number
+from ._parsing import positive_int as _positive_int
+from ._parsing import size as _size
 from .errors import CellSyntaxError, LeptonError, LeptonUsageError
-from .remote._spec import CellSpec, parse_env, parse_size
+from .remote._spec import CellSpec, parse_env
 
 
 CELL_EXAMPLES = """examples:
@@ -29,52 +34,6 @@ CELL_EXAMPLES = """examples:
   %%lepton --workers 4 --all-ranks
   %%lepton --detach --name sweep-1 --env OMP_NUM_THREADS=1
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises one-line usage errors instead of printing and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        more = "`%lepton?`" if " " in self.prog else f"`%lepton?` or `{self.prog} --help`"
-        raise LeptonUsageError(f"{self.prog}: {message}; see {more}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        raise LeptonUsageError(message or f"{self.prog}: bad arguments")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number, 0 or more")
-    return value
-
-
-def _names(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    bad = [n for n in names if not n.isidentifier()]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"{text!r} must be Python names separated by commas")
-    return names
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except LeptonUsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("--memory ", "")) from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -146,6 +146,25 @@ def test_hints_in_usage_errors_work(line):
             parse_line(hint[len("%lepton"):])
 
 
+@pytest.mark.parametrize("prog, words", [
+    ("%%lepton train", ["--workers", "0"]), ("%%lepton tune", ["--samples", "x"]),
+    ("%lepton compress", ["--quantize", "int4"]), ("%lepton deploy", ["--bogus"]),
+])
+def test_every_magic_parser_names_its_own_help(prog, words):
+    """One parser class behind all magics: the hint is the command's own -h, which works."""
+    from lepton_lab._magic_models import parser
+    from lepton_lab._magic_train import train_parser, tune_parser
+
+    p = {"%%lepton train": train_parser, "%%lepton tune": tune_parser}.get(
+        prog, lambda: parser(prog.split()[1]))()
+    with pytest.raises(LeptonUsageError) as info:
+        p.parse_args(words)
+    message = str(info.value)
+    assert message.startswith(f"{prog}: ") and "\n" not in message
+    assert message.endswith(f"see `{prog} -h`"), message
+    assert p.parse_args(["-h"]).help is True
+
+
 # -- a real IPython shell (the `ip` fixture is in conftest.py) ------------------------------
 def test_docstring_documents_every_flag_with_an_example(ip):
     doc = LeptonMagics.lepton.__doc__
