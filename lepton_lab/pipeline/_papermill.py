@@ -3,15 +3,30 @@
 Papermill imports this module while it registers its engines, so it must not be imported
 before papermill is: use ``papermill.execute_notebook(..., engine_name="lepton")`` or
 ``papermill --engine lepton``. The work is in :mod:`._engine`.
+
+The kernel a run starts talks to papermill over loopback TCP. Where the kernelspec says it
+supports CurveZMQ (ipykernel's ``python3`` does) and pyzmq has it, the channels are encrypted;
+otherwise they stay as Jupyter's default (HMAC-signed, not encrypted).
 """
 
 from __future__ import annotations
 
 import os
 
+import zmq
+from jupyter_client import AsyncKernelManager
 from papermill.engines import NBClientEngine
+from traitlets import default
 
 from ._engine import OPTIONS, begin, finish, inject_setup
+
+
+class LeptonKernelManager(AsyncKernelManager):
+    """nbclient's kernel manager with CurveZMQ wherever the kernel can speak it."""
+
+    @default("transport_encryption")
+    def _encrypt_when_possible(self) -> str:
+        return "auto" if zmq.has("curve") else "disabled"
 
 
 class LeptonEngine(NBClientEngine):
@@ -22,6 +37,7 @@ class LeptonEngine(NBClientEngine):
         opts = {k: kwargs.pop(k) for k in OPTIONS if k in kwargs}
         ctx = begin(nb_man.nb, nb_man.output_path, opts)
         inject_setup(nb_man.nb, ctx)
+        kwargs.setdefault("kernel_manager_class", LeptonKernelManager)
         error: BaseException | None = None
         try:
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)

@@ -122,6 +122,9 @@ def test_reproduce_matches_metrics_and_compare_shows_changes(tmp_path, pipeline_
 
 def test_papermill_command_line_with_the_lepton_engine(tmp_path, pipeline_home, lepton_home):
     nb = write_nb(tmp_path / "pm.ipynb", "import lepton_lab\nlepton_lab.record('twice', lr * 2)",
+                  "import json, ipykernel\n"
+                  "info = json.loads(ipykernel.get_connection_info())\n"
+                  "lepton_lab.record('curve', int('curve_publickey' in info))",
                   params="lr = 0.5")
     out = tmp_path / "pm-out.ipynb"
     papermill = Path(sys.executable).parent / "papermill"
@@ -132,7 +135,9 @@ def test_papermill_command_line_with_the_lepton_engine(tmp_path, pipeline_home, 
     meta = nbformat.read(out, as_version=4).metadata["lepton"]
     assert meta["status"] == "succeeded" and meta["parameters"] == {"lr": 0.1}
     run = pipeline_home.get_pipeline_run(meta["run_id"])
-    assert run.metrics == {"twice": 0.2} and run.output == str(out)
+    assert run.metrics["twice"] == 0.2 and run.output == str(out)
+    # the kernel's channels are CurveZMQ-encrypted (python3's kernelspec supports it)
+    assert run.metrics["curve"] == 1 and "without encryption" not in proc.stderr
     tags = [c.metadata.get("tags", []) for c in nbformat.read(out, as_version=4).cells]
     assert ["lepton-setup"] in tags
 
