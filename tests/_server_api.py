@@ -7,13 +7,19 @@ import asyncio
 import json
 
 
+def run(loop, start):
+    """``loop.run_until_complete(start())`` with ``loop`` made the current one first: tornado's
+    client makes its future on the *current* loop as soon as ``fetch`` is called, an earlier
+    asyncio.run() in the session leaves none, and jupyter_core hands the fixtures its own
+    cached loop."""
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(start())
+
+
 def call(loop, jp_fetch, path, method="GET", body=None, **kw):
     """(status, JSON) of ``METHOD /lepton/api/PATH`` (``kw`` goes to jp_fetch)."""
     if method == "POST" and body is None:
         body = "{}"
-    # tornado's client makes its future on the *current* loop; an earlier asyncio.run() in the
-    # session leaves none, while jupyter_core hands the fixtures its cached loop
-    asyncio.set_event_loop(loop)
-    resp = loop.run_until_complete(jp_fetch("lepton", "api", *path.split("/"), method=method,
-                                            body=body, raise_error=False, **kw))
+    resp = run(loop, lambda: jp_fetch("lepton", "api", *path.split("/"), method=method,
+                                      body=body, raise_error=False, **kw))
     return resp.code, json.loads(resp.body or b"null")

@@ -13,7 +13,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F401,F403 - jp_fetch & co. 
 from lepton_lab import errors
 from lepton_lab.server._core import notebook_for
 from lepton_lab.server._handlers import ROUTES, status_for
-from tests._server_api import call
+from tests._server_api import call, run
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_every_route_refuses_requests_without_credentials(jp_serverapp, http_ser
         assert methods, handler
         for method in methods:
             for headers in ({}, {"Authorization": "token wrong-token"}):
-                resp = jp_asyncio_loop.run_until_complete(http_server_client.fetch(
+                resp = run(jp_asyncio_loop, lambda: http_server_client.fetch(
                     path, method=method, headers=headers, raise_error=False,
                     follow_redirects=False, body="{}" if method != "GET" else None))
                 assert resp.code in (401, 403) or (resp.code == 302 and "login" in
