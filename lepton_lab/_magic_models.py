@@ -41,7 +41,7 @@ _TOKENS: dict[str, str] = {}
 @functools.lru_cache(maxsize=None)
 def parser(command: str) -> UsageParser:
     p = UsageParser(prog=f"%lepton {command}", add_help=False, allow_abbrev=False,
-                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     if command == "compress":
         p.description = ("Shrink a model on the cluster: structured pruning (channels really "
