@@ -254,13 +254,7 @@ def test_access_without_the_token_is_refused(dashboard, recorded, page):
     # the token is not on Voila's command line, and page kernels do not inherit it
     cmdline = Path(f"/proc/{dashboard.proc.pid}/cmdline").read_bytes().decode()
     assert TOKEN not in cmdline
-    kernels = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-               and _ppid(p) == dashboard.proc.pid]
-    for proc in kernels:
-        try:
-            environ = (proc / "environ").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
+    for _, environ in _children(dashboard.proc.pid):
         assert "LEPTON_DASHBOARD_TOKEN" not in environ
 
 
@@ -277,13 +271,7 @@ def test_the_token_leaves_the_url_and_never_reaches_a_page_kernel(dashboard, rec
     # alive that kernel's environment (QUERY_STRING included) does not hold the token
     open_page(page, dashboard, "run", "#lepton-run-id", run=recorded.train_id)
     assert "token=" not in page.url and recorded.train_id in page.url
-    environs = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and _ppid(proc) == dashboard.proc.pid and "kernel" in _cmdline(proc):
-            try:
-                environs.append((proc / "environ").read_bytes().decode(errors="replace"))
-            except OSError:
-                continue                  # a kernel that ended meanwhile
+    environs = [env for cmd, env in _children(dashboard.proc.pid) if "kernel" in cmd]
     assert environs, "no page kernel found under the Voila process"
     for environ in environs:
         assert TOKEN not in environ
@@ -291,11 +279,17 @@ def test_the_token_leaves_the_url_and_never_reaches_a_page_kernel(dashboard, rec
     assert any(f"QUERY_STRING=run={recorded.train_id}" in e for e in environs)
 
 
-def _cmdline(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
+def _children(pid: int) -> list[tuple[str, str]]:
+    """(command line, environment) of each live child process of ``pid``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _ppid(proc) == pid:
+            try:
+                out.append(((proc / "cmdline").read_bytes().decode(errors="replace"),
+                            (proc / "environ").read_bytes().decode(errors="replace")))
+            except OSError:
+                continue                  # a child that ended meanwhile
+    return out
 
 
 def _ppid(proc: Path) -> int | None:
