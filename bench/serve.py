@@ -30,17 +30,12 @@ uvicorn subprocess) is stopped at the end, and every phase has a watchdog.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,179 +46,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 from _cold import head_pid, log  # noqa: E402
 from _harness import (descendants, format_facts, kill_pids, kill_session,  # noqa: E402
-                      machine_facts, on_emergency, percentile, phase, table, wait_session_gone,
-                      watchdog)
+                      machine_facts, on_emergency, phase, table, wait_session_gone, watchdog)
 from _report import verdict  # noqa: E402
+from _serve_load import (NPY, alternate, baseline_server, deploy_floor, free_port,  # noqa: E402
+                         load, start_baseline, stop_baseline)
 
 HIDDEN = 2048
 GOAL_OVERHEAD_MS = 2.0
 GOAL_BATCH_X = 3.0
 SCRATCH = Path("/root/scr")
-NPY = "application/x-npy"
 
 
-# -- the baseline server (run as: serve.py --baseline PORT MODEL_PATH) ---------------------------
-def baseline_server(port: int, model_path: str) -> None:
-    """Plain FastAPI + uvicorn holding the model: what one would write by hand."""
-    import numpy as np
-    import torch
-    import uvicorn
-    from fastapi import FastAPI, Request, Response
-
-    torch.set_num_threads(1)
-    model = torch.load(model_path, weights_only=False, map_location="cpu").eval()
-    app = FastAPI()
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    async def predict(request: Request) -> Response:
-        x = np.load(io.BytesIO(await request.body()), allow_pickle=False).astype(np.float32)
-        with torch.inference_mode():
-            y = model(torch.from_numpy(x)).numpy()
-        buf = io.BytesIO()
-        np.save(buf, y)
-        return Response(buf.getvalue(), media_type=NPY)
-
-    # this module's `from __future__ import annotations` leaves names FastAPI cannot resolve
-    predict.__annotations__ = {"request": Request, "return": Response}
-    app.post("/predict")(predict)
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
-# -- a minimal loopback HTTP/1.1 client ------------------------------------------------------------
-class Conn:
-    """One keep-alive connection; ``post`` returns (status, body)."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-            sock = self.writer.get_extra_info("socket")
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in headers.items()]
-        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in
-                (ln.partition(":") for ln in lines[1:] if ln)}
-        if "content-length" in hdrs:
-            data = await self.reader.readexactly(int(hdrs["content-length"]))
-        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
-                chunk = await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-                parts.append(chunk[:-2])
-            data = b"".join(parts)
-        else:
-            data = await self.reader.read()
-        if hdrs.get("connection", "").lower() == "close":
-            self.close()
-        return status, data
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
-async def _run_load(url: str, body: bytes, headers: dict[str, str], total: int,
-                    concurrency: int) -> dict[str, Any]:
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    remaining = iter(range(total))
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-
-    async def worker() -> None:
-        conn = Conn(u.hostname, u.port)
-        try:
-            for _ in remaining:
-                t0 = time.perf_counter()
-                try:
-                    status, _data = await conn.post(u.path, body, headers)
-                except (OSError, asyncio.IncompleteReadError) as exc:
-                    conn.close()
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                    continue
-                if status != 200:
-                    errors[str(status)] = errors.get(str(status), 0) + 1
-                else:
-                    lat.append(time.perf_counter() - t0)
-        finally:
-            conn.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    return {"latencies": lat, "wall_s": wall, "errors": errors, "total": total,
-            "concurrency": concurrency, "rps": len(lat) / wall}
-
-
-def load(url: str, body: bytes, headers: dict[str, str], total: int, concurrency: int
-         ) -> dict[str, Any]:
-    return asyncio.run(asyncio.wait_for(_run_load(url, body, headers, total, concurrency),
-                                        timeout=300))
-
-
-def deploy_floor(name: str, answer: bytes) -> str:
-    """The least a Ray Serve HTTP app can do per request: read the body, answer constant
-    bytes (no model, no auth). Its latency is the floor any Serve endpoint stands on."""
-    from ray import serve
-    from starlette.responses import Response
-
-    @serve.deployment(name=name, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
-                      logging_config={"enable_access_log": False})
-    class Floor:
-        async def __call__(self, request):
-            await request.body()
-            return Response(answer, media_type=NPY)
-
-    serve.run(Floor.bind(), name=name, route_prefix=f"/{name}")
-    return name
-
-
-def forward_times(model: Any) -> dict[str, float]:
-    """Milliseconds per forward pass in this process (1 thread), for 1 and 32 rows."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = {}
-    try:
-        with torch.inference_mode():
-            for rows in (1, 32):
-                x = torch.rand(rows, 64)
-                for _ in range(5):
-                    model(x)
-                t0 = time.perf_counter()
-                for _ in range(50):
-                    model(x)
-                out[f"{rows}_rows_ms"] = (time.perf_counter() - t0) / 50 * 1e3
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
-# -- setup -------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+# -- the model ---------------------------------------------------------------------------------
 def train_model(path: Path) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -249,70 +83,29 @@ def train_model(path: Path) -> dict[str, Any]:
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def start_baseline(port: int, model_path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, __file__, "--baseline", str(port), str(model_path)],
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    on_emergency(lambda: kill_session(proc.pid))
-    import urllib.request
+def forward_times(model: Any) -> dict[str, float]:
+    """Milliseconds per forward pass in this process (1 thread), for 1 and 32 rows."""
+    import torch
 
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the baseline server died: {proc.stderr.read()[-500:]!r}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the baseline server did not start within 120 s")
-            time.sleep(0.2)
-
-
-def stop_baseline(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        kill_session(proc.pid)
-        proc.wait(5)
-
-
-# -- parts -------------------------------------------------------------------------------------
-def stats(run: dict[str, Any]) -> dict[str, Any]:
-    lat = run["latencies"] or [float("nan")]
-    return {"n_ok": len(run["latencies"]), "errors": run["errors"],
-            "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
-            "mean_ms": statistics.fmean(lat) * 1e3,
-            "rps": run["rps"], "wall_s": run["wall_s"], "concurrency": run["concurrency"]}
-
-
-def alternate(contenders: dict[str, tuple[str, dict[str, str]]], body: bytes, rounds: int,
-              per_round: int, concurrency: int) -> dict[str, dict[str, Any]]:
-    """Rounds of ``per_round`` requests per contender, in rotating order; merged samples."""
-    names = list(contenders)
-    merged = {n: {"latencies": [], "wall_s": 0.0, "errors": {}, "n": 0} for n in names}
-    for i in range(rounds):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            url, headers = contenders[name]
-            run = load(url, body, headers, per_round, concurrency)
-            m = merged[name]
-            m["latencies"] += run["latencies"]
-            m["wall_s"] += run["wall_s"]
-            m["n"] += len(run["latencies"])
-            for e, c in run["errors"].items():
-                m["errors"][e] = m["errors"].get(e, 0) + c
-        log(f"  round {i + 1}/{rounds}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     out = {}
-    for name, m in merged.items():
-        out[name] = stats({"latencies": m["latencies"], "wall_s": m["wall_s"],
-                           "errors": m["errors"], "rps": m["n"] / m["wall_s"],
-                           "concurrency": concurrency})
+    try:
+        with torch.inference_mode():
+            for rows in (1, 32):
+                x = torch.rand(rows, 64)
+                for _ in range(5):
+                    model(x)
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    model(x)
+                out[f"{rows}_rows_ms"] = (time.perf_counter() - t0) / 50 * 1e3
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
+# -- the run -----------------------------------------------------------------------------------
 def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
     import numpy as np
 
@@ -344,7 +137,7 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
         lc.ensure_connected()
         res["cluster_start_s"] = time.perf_counter() - t0
     _harness.MONITOR.add_session(head_pid(args.home))
-    base_port = _free_port()
+    base_port = free_port()
     proc = start_baseline(base_port, model_path)
     _harness.MONITOR.add_session(proc.pid)
     deployed: list[str] = []
@@ -412,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     home = tempfile.mkdtemp(prefix="lepton-bench-serve-", dir=SCRATCH)
     args.home = home
     os.environ["LEPTON_HOME"] = home
-    os.environ["LEPTON_SERVE_PORT"] = str(_free_port())
+    os.environ["LEPTON_SERVE_PORT"] = str(free_port())
     os.environ.pop("RAY_ADDRESS", None)
     on_emergency(lambda: kill_session(head_pid(home) or -1))
     on_emergency(lambda: kill_pids(descendants(os.getpid())))

@@ -44,7 +44,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,121 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 from _cold import head_pid, log  # noqa: E402
 from _harness import (descendants, format_facts, interleaved, kill_pids,  # noqa: E402
-                      kill_session, machine_facts, on_emergency, phase, quiet, summarize,
-                      table, wait_session_gone, watchdog)
-from _report import verdict  # noqa: E402
-
-BATCH = 64
-SIZE = 32              # 8x8 digits upsampled to SIZE x SIZE
-TINY = 256             # samples in the start-up (e) cell
-GOAL_SINGLE = 0.97     # (b), (c) vs (a)
-GOAL_DDP = 0.95        # (d) group vs mp.spawn
-GOAL_TRIVIAL_S = 0.5   # trivial --workers 1 cell on a warm group
-
-# The training loop, as a notebook user would type it in a cell. Every contender runs this
-# very source: exec'd here for (a) and the baselines, sent as the cell body for (b), (c), (d).
-LOOP_SRC = '''\
-import os
-import time
-
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-
-
-class BenchNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 8 * 8, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc(x.flatten(1))
-
-
-def bench_train(X, Y, epochs, batch_size, warmup=1, helpers=False, seed=0):
-    """Train a fresh BenchNet for warmup + epochs epochs; time the last ``epochs``.
-
-    Returns one dict per rank (all ranks, gathered after the timing) with samples/s."""
-    start = time.perf_counter()
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    rank = dist.get_rank() if world > 1 else 0
-    sampler = None
-    if helpers:  # Lepton's training helpers (as in a %%lepton train cell)
-        from lepton_lab.training import epochs as lepton_epochs
-        from lepton_lab.training import prepare_loader, prepare_model, report
-        model = prepare_model(BenchNet())
-        loader = prepare_loader((X, Y), batch_size=batch_size, seed=seed)
-        epoch_iter = lepton_epochs(warmup + epochs)
-    else:  # plain torch
-        report = None
-        model = BenchNet()
-        data = TensorDataset(X, Y)
-        if world > 1:
-            model = nn.parallel.DistributedDataParallel(model)
-            sampler = DistributedSampler(data, seed=seed)
-            loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
-        else:
-            loader = DataLoader(data, batch_size=batch_size, shuffle=True)
-        epoch_iter = range(warmup + epochs)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    samples, t0 = 0, None
-    for epoch in epoch_iter:
-        if epoch == warmup:
-            if world > 1:
-                dist.barrier()
-            t0 = time.perf_counter()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            if epoch >= warmup:
-                samples += len(x)
-            if report is not None:
-                report(loss=loss.item())
-    seconds = time.perf_counter() - t0
-    res = {"rank": rank, "world": world, "samples": samples, "seconds": seconds,
-           "sps": samples / seconds, "loss": float(loss.item()), "threads": torch.get_num_threads(),
-           "pid": os.getpid(), "total_s": time.perf_counter() - start,
-           "t_end": time.perf_counter()}  # CLOCK_MONOTONIC: comparable across processes
-    if world > 1:
-        out = [None] * world
-        dist.all_gather_object(out, res)
-        return out
-    return [res]
-'''
-
-
-def cell_body(call: str) -> str:
-    """A cell: the loop's source, one call whose result comes back, nothing else pulled."""
-    return f"{LOOP_SRC}\nbench_result = {call}\ndel BenchNet, bench_train\n"
-
-
-def loop_namespace() -> dict[str, Any]:
-    g: dict[str, Any] = {"__name__": "bench_loop"}
-    exec(compile(LOOP_SRC, "<bench-loop>", "exec"), g)
-    return g
-
-
-def load_data() -> tuple[Any, Any]:
-    import torch
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False).contiguous()
-    return x, torch.tensor(d.target)
+                      kill_session, machine_facts, on_emergency, phase, quiet,
+                      wait_session_gone, watchdog)
+from _train_cases import (BATCH, LOOP_SRC, SIZE, TINY, cell_body, load_data,  # noqa: E402
+                          loop_namespace)
+from _train_report import report  # noqa: E402
 
 
 def quiet_sink() -> Any:
@@ -254,7 +143,10 @@ def run_spawn(x: Any, y: Any, epochs: int, repeats: int, scratch: str) -> tuple[
 
 
 def _bare_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker of the bare TorchTrainer: the same tiny loop, nothing else."""
+    """train_loop_per_worker of the bare TorchTrainer: the same tiny loop, nothing else.
+
+    It stays in this script: cloudpickle sends a ``__main__`` function by value, whereas one
+    from a bench module would be sent by reference, which Ray's workers cannot import."""
     g: dict[str, Any] = {"__name__": "bench_loop"}
     exec(compile(config["src"], "<bench-loop>", "exec"), g)
     g["bench_train"](config["X"], config["Y"], 1, config["batch"], warmup=0)
@@ -495,106 +387,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(home, ignore_errors=True)
     return out
 
-
-# -- the report ------------------------------------------------------------------------------
-def _med(runs: list[dict[str, Any]]) -> float:
-    return statistics.median(r["sps"] for r in runs)
-
-
-def _each(runs: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{r['sps']:.0f}" for r in runs)
-
-
-def _cores(runs: list[dict[str, Any]]) -> str:
-    """Median cores used in the timed windows: training process(es) / rest of run / others."""
-    ws = [r["cpu_in_window"] for r in runs if r.get("cpu_in_window")]
-    if not ws:
-        return "n/a"
-    return " / ".join(f"{statistics.median(w[k] for w in ws):.2f}"
-                      for k in ("training", "rest_of_run", "others"))
-
-
-def report(res: dict[str, Any]) -> str:
-    m = res["m"]
-    a_b, b = m["ab"]["a"], m["ab"]["b"]
-    a_c, c, a_h = m["ac"]["a"], m["ac"]["c"], m["ac"]["a_helpers"]
-    dg, ds = m["d_group"], m["d_spawn"]
-    rb, rc, rd = _med(b) / _med(a_b), _med(c) / _med(a_c), _med(dg) / _med(ds)
-    bare, lep = m["bare_fit"]["wall_s"], m["lepton_first_train"]["wall_s"]
-    triv = statistics.median(m["trivial_group_cell_s"])
-    goals = {
-        "b_group1_vs_local": {"ratio": rb, "goal": f">= {GOAL_SINGLE}", "met": rb >= GOAL_SINGLE},
-        "c_train_vs_local": {"ratio": rc, "goal": f">= {GOAL_SINGLE}", "met": rc >= GOAL_SINGLE},
-        "d_group2_vs_spawn": {"ratio": rd, "goal": f">= {GOAL_DDP}", "met": rd >= GOAL_DDP},
-        "e_first_train_vs_bare_fit": {"lepton_s": lep, "bare_s": bare, "ratio": lep / bare,
-                                      "goal": "report"},
-        "diag_helpers_local_vs_local": {"ratio": _med(a_h) / _med(a_c), "goal": "none"},
-        "e_trivial_group_cell_s": {"value": triv, "goal": f"<= {GOAL_TRIVIAL_S}",
-                                   "met": triv <= GOAL_TRIVIAL_S},
-    }
-    res["goals"] = goals
-    ep, n = res["config"]["epochs"], res["config"]["rounds"]
-    rh = _med(a_h) / _med(a_c)
-    rows = [
-        ["(a) hand-written loop, this process (rounds with b)", _each(a_b), f"{_med(a_b):.0f}",
-         "1.00x", "baseline", "", _cores(a_b)],
-        ["(b) same loop, `--workers 1` warm-group cell", _each(b), f"{_med(b):.0f}",
-         f"{rb:.3f}x", f">= {GOAL_SINGLE}x (a)", verdict(rb >= GOAL_SINGLE), _cores(b)],
-        ["(a) hand-written loop, this process (rounds with c)", _each(a_c), f"{_med(a_c):.0f}",
-         "1.00x", "baseline", "", _cores(a_c)],
-        ["(a') loop with Lepton's helpers, this process, no cell", _each(a_h), f"{_med(a_h):.0f}",
-         f"{rh:.3f}x", "(diagnostic)", "", _cores(a_h)],
-        ["(c) `run_train` --workers 1, helpers + report() each step", _each(c), f"{_med(c):.0f}",
-         f"{rc:.3f}x", f">= {GOAL_SINGLE}x (a)", verdict(rc >= GOAL_SINGLE), _cores(c)],
-        ["(d) mp.spawn DDP, 2 procs, gloo (sum of ranks)", _each(ds), f"{_med(ds):.0f}",
-         "1.00x", "baseline", "", _cores(ds)],
-        ["(d) `--workers 2` warm group, gloo (sum of ranks)", _each(dg), f"{_med(dg):.0f}",
-         f"{rd:.3f}x", f">= {GOAL_DDP}x mp.spawn", verdict(rd >= GOAL_DDP), _cores(dg)],
-    ]
-    lines = [format_facts(res["machine"]), "",
-             f"## Training throughput (samples/s; 1 warm-up + {ep} timed epochs per run, "
-             f"batch {BATCH} per rank, {n} run(s) per contender unless listed)", "",
-             table(rows, ["contender", "each run", "median", "vs baseline", "goal", "verdict",
-                          "cores in timed window: training / rest of run / others"]),
-             "",
-             f"2 ranks vs 1 (scaling on {res['machine']['cpu_count']} cores): mp.spawn "
-             f"{_med(ds) / _med(a_b):.2f}x, warm group {_med(dg) / _med(b):.2f}x of their "
-             "single-rank counterparts", ""]
-    e_rows = [
-        ["bare Ray Train `TorchTrainer(...).fit()` (import of ray.train included)",
-         f"{bare:.1f}", "1.00x"],
-        ["first `run_train` (`%%lepton train`) of this process", f"{lep:.1f}",
-         f"{lep / bare:.2f}x"],
-    ]
-    c_walls = [r["wall_s"] for r in c]
-    c_in = [r["ranks"][0]["total_s"] for r in c]
-    lines += ["## Start-up (1-epoch tiny cell, 256 samples, 1 worker)", "",
-              table(e_rows, ["", "wall s", "vs bare"]), "",
-              f"import of ray.train in this process (part of the bare time): "
-              f"{m['bare_fit']['import_s']:.1f} s",
-              f"later `run_train` calls (c): wall {', '.join(f'{w:.1f}' for w in c_walls)} s, "
-              f"of which the loop itself {', '.join(f'{w:.1f}' for w in c_in)} s",
-              f"trivial `--workers 1` cell on a warm group: median {triv * 1e3:.0f} ms "
-              f"(n={len(m['trivial_group_cell_s'])}, max "
-              f"{max(m['trivial_group_cell_s']) * 1e3:.0f} ms) -> goal <= {GOAL_TRIVIAL_S} s: "
-              f"{verdict(triv <= GOAL_TRIVIAL_S)}",
-              f"cluster start {m['cluster_start_s']:.1f} s; warm group start: --workers 1 "
-              f"{m['group1_start_s']:.1f} s, --workers 2 "
-              f"{', '.join(f'{w:.1f}' for w in m['group2_start_s'])} s; mp.spawn of 2 "
-              f"processes, whole run each: {', '.join(f'{w:.1f}' for w in m['spawn_wall_s'])} s",
-              ""]
-    threads = {q["threads"] for r in a_b + b + a_c + a_h + c + dg + ds for q in r["ranks"]}
-    lines.append(f"torch threads per training process: {sorted(threads)}")
-    lines.append("after stopping the cluster: "
-                 f"{len(m['leftover_processes'].get('live', []))} live process(es) left")
-    cpu = res.get("cpu_by_phase")
-    if cpu:
-        lines += ["", f"## How busy the {res['machine']['cpu_count']} cores were", "",
-                  table([[name, f"{v['wall_s']:.1f}", f"{v['own_cores']:.2f}",
-                          f"{v['foreign_cores']:.2f}"] for name, v in cpu.items()],
-                        ["phase", "wall s", "cores used by this run",
-                         "cores used by other processes"])]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
