@@ -37,7 +37,8 @@ def __getattr__(name: str):
 
         return display
     if name in ("connect", "status"):
-        from . import _status, cluster
+        from . import cluster
+        from .remote import _status
 
         return cluster.connect if name == "connect" else _status.cluster_status
     if name == "LeptonError":
@@ -49,13 +50,13 @@ def __getattr__(name: str):
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext lepton_lab``: register the ``%lepton`` / ``%%lepton`` magics."""
-    from .magics import register
+    from .notebook import register
 
     register(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
-    from .magics import unregister
+    from .notebook import unregister
 
     unregister(ipython)
 

@@ -413,7 +413,7 @@ def cluster_summary() -> dict[str, Any]:
                 "reason": "no cluster is running (the dashboard does not start one); "
                           "`lepton cluster start` starts the embedded cluster"}
     try:
-        from .._status import cluster_status
+        from ..remote._status import cluster_status
 
         st = cluster_status(probe=False)
     except LeptonError as exc:

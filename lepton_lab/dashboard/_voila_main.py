@@ -43,7 +43,7 @@ def _token_free(handler_cls):
 
 def _voila_app():
     """Voila whose page and directory handlers drop the token from the URL."""
-    from voila.app import Voila   # imported here: the rest of the package stays tornado-free
+    from voila.app import Voila  # imported here: the rest of the package stays tornado-free
     from voila.tornado.handler import TornadoVoilaHandler
     from voila.tornado.treehandler import TornadoVoilaTreeHandler
 

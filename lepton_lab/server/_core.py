@@ -73,7 +73,7 @@ class SidebarCore:
 
     def cluster(self) -> dict[str, Any]:
         """The cluster's status, or why there is none."""
-        from .._status import cluster_status
+        from ..remote._status import cluster_status
 
         with self._lock:
             try:

@@ -21,7 +21,7 @@ from lepton_lab.errors import JobNotFound, LeptonUsageError
 # -- records made through the real store API ---------------------------------------------------
 def training_run(store, run_id="a1b2c3d4e5f6", name="digits-mlp", epochs=4, world=2):
     """A finished training run whose history comes from the real TrainMonitor."""
-    from lepton_lab.training._monitor import TrainMonitor
+    from lepton_lab.remote._monitor import TrainMonitor
 
     monitor = TrainMonitor()
     for epoch in range(1, epochs + 1):
@@ -406,7 +406,7 @@ def test_start_rejects_a_short_token_and_a_busy_port(lepton_home, monkeypatch):
 
 
 def test_cli_parser():
-    from lepton_lab.dashboard import _cli
+    from lepton_lab.cli import _dashboard as _cli
 
     parser = argparse.ArgumentParser(prog="lepton")
     _cli.add_parser(parser.add_subparsers(dest="command"))

@@ -16,7 +16,7 @@ from IPython.core.error import UsageError
 
 from lepton_lab import cluster
 from lepton_lab.errors import LeptonUsageError
-from lepton_lab.magics import parse_cell_line, parse_line
+from lepton_lab.notebook.magics import parse_cell_line, parse_line
 from lepton_lab.remote._spec import CellSpec, parse_size
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,

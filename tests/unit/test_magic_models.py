@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lepton_lab import _magic_models as mm
 from lepton_lab.errors import LeptonUsageError
+from lepton_lab.notebook import _models as mm
 from lepton_lab.registry import load_model, read_artifact, register_module
 from lepton_lab.store import get_store
 

@@ -9,7 +9,7 @@ from IPython.core.error import UsageError
 
 from lepton_lab import cluster
 from lepton_lab.errors import CellSyntaxError, LeptonUsageError
-from lepton_lab.magics import LeptonMagics, parse_cell_line, parse_line
+from lepton_lab.notebook.magics import LeptonMagics, parse_cell_line, parse_line
 from lepton_lab.remote._spec import CellSpec
 
 CELL_FLAGS = ["--cpus", "--gpus", "--memory", "--workers", "--timeout", "--name", "--detach",
@@ -152,8 +152,8 @@ def test_hints_in_usage_errors_work(line):
 ])
 def test_every_magic_parser_names_its_own_help(prog, words):
     """One parser class behind all magics: the hint is the command's own -h, which works."""
-    from lepton_lab._magic_models import parser
-    from lepton_lab._magic_train import train_parser, tune_parser
+    from lepton_lab.notebook._models import parser
+    from lepton_lab.notebook._train import train_parser, tune_parser
 
     p = {"%%lepton train": train_parser, "%%lepton tune": tune_parser}.get(
         prog, lambda: parser(prog.split()[1]))()

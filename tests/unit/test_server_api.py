@@ -79,7 +79,6 @@ def test_no_cluster_reads_as_disconnected_and_starts_nothing(jp_fetch, jp_asynci
 
 def test_an_unreachable_address_reads_as_disconnected(jp_fetch, jp_asyncio_loop, monkeypatch):
     from lepton_lab.config import get_config
-
     from tests.integration.conftest import free_port
 
     address = f"127.0.0.1:{free_port()}"

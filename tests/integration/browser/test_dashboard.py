@@ -74,7 +74,7 @@ def _training_run(store) -> str:
     """A finished 2-rank run: history and throughput as the TrainMonitor saw them."""
     import math
 
-    from lepton_lab.training._monitor import TrainMonitor
+    from lepton_lab.remote._monitor import TrainMonitor
 
     monitor = TrainMonitor()
     for epoch in range(1, 11):
@@ -134,8 +134,13 @@ class _Endpoint(BaseHTTPRequestHandler):
             self._send(404, b'{"error": "no route"}', "application/json")
 
     def do_POST(self) -> None:
-        from lepton_lab.serve._app import (HttpError, authorize, encode_outputs, error_body,
-                                           parse_inputs)
+        from lepton_lab.serve._app import (
+            HttpError,
+            authorize,
+            encode_outputs,
+            error_body,
+            parse_inputs,
+        )
 
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
@@ -406,7 +411,7 @@ def test_lepton_dashboard_command_prints_the_url_once_and_stops_on_sigterm(dash_
                                                                            recorded):
     env = dict(os.environ, LEPTON_HOME=str(dash_home), LEPTON_DASHBOARD_TOKEN=TOKEN)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lepton_lab.dashboard._cli", "--port", "0", "--run",
+        [sys.executable, "-m", "lepton_lab.cli", "dashboard", "--port", "0", "--run",
          recorded.train_id], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True)
     try:

@@ -1,6 +1,6 @@
 """IPython side of a training job's live view: progress, curves, per-rank throughput, warnings.
 
-Reads a :class:`~lepton_lab.training._monitor.TrainMonitor`; redraws the text at most a few
+Reads a :class:`~lepton_lab.remote._monitor.TrainMonitor`; redraws the text at most a few
 times a second and the curve at most once a second (matplotlib renders in the kernel, so the
 ranks spend no time on plots).
 """

@@ -9,8 +9,8 @@ import functools
 import time
 from typing import Any
 
+from ..errors import LeptonUsageError
 from ._parsing import UsageParser, real
-from .errors import LeptonUsageError
 
 COMMANDS = ("compress", "models", "register", "deploy", "endpoints", "predict", "undeploy")
 
@@ -116,9 +116,9 @@ def run(command: str, words: list[str], shell: Any, origin: str | None) -> Any:
 
 def _compress(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
     _required(args, "compress", "model")
+    from ..compress import CompressSettings
+    from ..compress._job import compress_model
     from ._display import CellSink
-    from .compress import CompressSettings
-    from .compress._job import compress_model
 
     settings = CompressSettings(prune=args.prune,
                                 quantize=None if args.quantize == "none" else args.quantize,
@@ -133,8 +133,8 @@ def _compress(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
 
 def _register(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
     _required(args, "register", "var", "name")
-    from .registry import register_module
-    from .store import get_store
+    from ..registry import register_module
+    from ..store import get_store
 
     if args.var not in shell.user_ns:
         raise LeptonUsageError(f"no variable {args.var!r} in the notebook")
@@ -169,7 +169,7 @@ def format_models(models: list[Any]) -> str:
 
 
 def _models(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
-    from .store import get_store
+    from ..store import get_store
 
     print(format_models(get_store().list_models(args.name)))
     return None
@@ -186,8 +186,8 @@ def _autoscale(text: str | None) -> tuple[int, int] | None:
 
 def _deploy(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
     _required(args, "deploy", "model")
-    from .serve import DeploySpec, deploy
-    from .store import split_ref
+    from ..serve import DeploySpec, deploy
+    from ..store import split_ref
 
     name = args.name or split_ref(args.model)[0]
     spec = DeploySpec(name=name, replicas=args.replicas, gpus=args.gpus, cpus=args.cpus,
@@ -207,7 +207,7 @@ def _deploy(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
 
 
 def _endpoints(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
-    from .serve import list_endpoints
+    from ..serve import list_endpoints
 
     eps = list_endpoints()
     if not eps:
@@ -226,7 +226,7 @@ def _endpoints(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
 
 def _predict(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
     _required(args, "predict", "endpoint", "data")
-    from .serve import predict
+    from ..serve import predict
 
     try:
         data = eval(args.data, shell.user_ns)  # noqa: S307 - the user's own notebook expression
@@ -247,7 +247,7 @@ def _predict(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
 
 def _undeploy(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
     _required(args, "undeploy", "endpoint")
-    from .serve import undeploy
+    from ..serve import undeploy
 
     undeploy(args.endpoint)
     _TOKENS.pop(args.endpoint, None)

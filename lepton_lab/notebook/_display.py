@@ -8,7 +8,7 @@ import threading
 import uuid
 from typing import Any
 
-from .remote._sink import Sink
+from ..remote._sink import Sink
 
 
 def _widgets():
@@ -156,7 +156,7 @@ def _train_view(sink: Sink, monitor: Any, show: Any) -> Any:
     view = getattr(sink, "_train", None)
     if view is None:
         if _widgets() is None:
-            from .remote._sink import TextSink
+            from ..remote._sink import TextSink
 
             TextSink.train_view(sink, monitor)  # type: ignore[arg-type]
             return None

@@ -8,11 +8,11 @@ import functools
 import time
 from typing import Any
 
+from ..errors import LeptonUsageError
 from ._parsing import UsageParser as _Parser
 from ._parsing import names as _names
 from ._parsing import number as _number
 from ._parsing import positive_int as _positive_int
-from .errors import LeptonUsageError
 
 TRAIN_EXAMPLES = """examples:
   %%lepton train --workers 2 --max-failures 1
@@ -106,8 +106,8 @@ def tune_parser():
 
 def parse_train_line(words: list[str]):
     """``%%lepton train`` flags -> a frozen TrainSpec (None for --help)."""
-    from .remote._spec import parse_env
-    from .training._run import TrainSpec
+    from ..remote._spec import parse_env
+    from ..training._run import TrainSpec
 
     args = train_parser().parse_args(words)
     if args.help:
@@ -125,7 +125,7 @@ def parse_train_line(words: list[str]):
 
 
 def parse_tune_line(words: list[str]):
-    from .training._tune import TuneSpec
+    from ..training._tune import TuneSpec
 
     args = tune_parser().parse_args(words)
     if args.help:

@@ -1,17 +1,16 @@
 """What the cluster looks like: nodes, CPUs, GPUs, memory, running Lepton jobs, dashboard.
 
-Plain data plus a text and an HTML rendering; the magics, the CLI and (later) the REST API
-and dashboards show the same dict.
+Plain data plus a text rendering; the magics (which add an HTML rendering, in
+``lepton_lab.notebook._status``), the CLI, the REST API and the dashboards show the same dict.
 """
 
 from __future__ import annotations
 
-import html
 import time
 from typing import Any
 
-from .cluster import ensure_connected, probe_nodes
-from .store import get_store
+from ..cluster import ensure_connected, probe_nodes
+from ..store import get_store
 
 GiB = 1024**3
 
@@ -42,7 +41,7 @@ def cluster_status(*, probe: bool = True) -> dict[str, Any]:
     free = ray.available_resources()
     store = get_store()
     running = []
-    from .remote._jobs import refresh
+    from ._jobs import refresh
 
     for job in store.list_jobs(status="running", limit=100):
         if job.kind == "detached":
@@ -50,7 +49,7 @@ def cluster_status(*, probe: bool = True) -> dict[str, Any]:
         if job.status == "running":
             running.append({"id": job.id, "name": job.name, "kind": job.kind, "user": job.user,
                             "age_s": time.time() - job.created, "resources": job.resources})
-    from .remote._group import group_info
+    from ._group import group_info
 
     return {
         "address": conn.address, "kind": conn.kind, "dashboard_url": conn.dashboard_url,
@@ -61,7 +60,7 @@ def cluster_status(*, probe: bool = True) -> dict[str, Any]:
     }
 
 
-def _gpu_text(node: dict[str, Any]) -> str:
+def gpu_text(node: dict[str, Any]) -> str:
     if node["gpu_models"]:
         return ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f} GiB"
                          for g in node["gpu_models"])
@@ -79,7 +78,7 @@ def format_text(st: dict[str, Any]) -> str:
     for n in st["nodes"]:
         lines.append(f"  {'*' if n['head'] else ' '} {n['hostname'] or n['address']:<20} "
                      f"{'alive' if n['alive'] else 'dead ':<5}  {n['cpus']:g} CPUs  "
-                     f"GPUs: {_gpu_text(n)}  {n['memory'] / GiB:.1f} GiB")
+                     f"GPUs: {gpu_text(n)}  {n['memory'] / GiB:.1f} GiB")
     jobs = st["running_jobs"]
     lines.append(f"running Lepton jobs: {len(jobs) or 'none'}")
     for j in jobs:
@@ -90,28 +89,3 @@ def format_text(st: dict[str, Any]) -> str:
         lines.append(f"warm group: {g['world']} rank(s), {g['cpus']:g} CPU / {g['gpus']:g} GPU "
                      f"each, backend {g['backend']}")
     return "\n".join(lines)
-
-
-def format_html(st: dict[str, Any]) -> str:
-    e = html.escape
-    dash = (f'<a href="{e(st["dashboard_url"])}" target="_blank">{e(st["dashboard_url"])}</a>'
-            if st["dashboard_url"] else "not available")
-    rows = "".join(
-        f"<tr><td>{'head' if n['head'] else 'worker'}</td><td>{e(n['hostname'] or n['address'] or '')}"
-        f"</td><td>{'alive' if n['alive'] else 'dead'}</td><td>{n['cpus']:g}</td>"
-        f"<td>{e(_gpu_text(n))}</td><td>{n['memory'] / GiB:.1f} GiB</td></tr>"
-        for n in st["nodes"])
-    jobs = "".join(
-        f"<tr><td><code>{e(j['id'])}</code></td><td>{e(j['kind'])}</td><td>{e(j['name'] or '')}"
-        f"</td><td>{e(j['user'] or '')}</td><td>{j['age_s']:.0f} s</td></tr>"
-        for j in st["running_jobs"]) or "<tr><td colspan=5>none</td></tr>"
-    return (
-        f"<div class='lepton-status'><b>{e(st['kind'])} Ray</b> at <code>{e(st['address'])}</code>"
-        f" &middot; dashboard: {dash}<br>"
-        f"{st['free']['CPU']:g}/{st['total']['CPU']:g} CPUs free &middot; "
-        f"{st['free']['GPU']:g}/{st['total']['GPU']:g} GPUs free &middot; "
-        f"{st['free']['memory'] / GiB:.1f}/{st['total']['memory'] / GiB:.1f} GiB memory free"
-        "<table><tr><th>role</th><th>node</th><th>state</th><th>CPUs</th><th>GPUs</th>"
-        f"<th>memory</th></tr>{rows}</table>"
-        "<b>Running Lepton jobs</b><table><tr><th>id</th><th>kind</th><th>name</th><th>user</th>"
-        f"<th>age</th></tr>{jobs}</table></div>")

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from ._launch import DEFAULT_PORT, PAGES, TOKEN_ENV, DashboardSpec, start
+from ..dashboard._launch import DEFAULT_PORT, PAGES, TOKEN_ENV, DashboardSpec, start
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -62,14 +62,3 @@ def main(args: argparse.Namespace) -> int:
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
-
-if __name__ == "__main__":      # `python -m lepton_lab.dashboard._cli ...` = `lepton dashboard ...`
-    from ..errors import LeptonError
-
-    _parser = argparse.ArgumentParser(prog="lepton")
-    add_parser(_parser.add_subparsers(dest="command", required=True))
-    try:
-        sys.exit(main(_parser.parse_args(["dashboard", *sys.argv[1:]])))
-    except LeptonError as _exc:
-        print(f"lepton: {_exc}", file=sys.stderr)
-        sys.exit(2)

@@ -1,6 +1,6 @@
 """The text of ``%lepton?``: what every command and flag does, with examples."""
 
-from ._magic_models import HELP as _MODELS_HELP
+from ._models import HELP as _MODELS_HELP
 
 DOC = """Run a cell on the Ray cluster, or manage the cluster and its jobs.
 

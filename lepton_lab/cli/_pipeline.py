@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import LeptonUsageError
+from ..errors import LeptonUsageError
 
 RUN_EXAMPLES = """examples:
   lepton run templates/quickstart.ipynb -p epochs 5 -p lr 0.05
@@ -153,8 +153,8 @@ def _grid(pairs: list[list[str]]) -> dict[str, list[Any]]:
 
 def dispatch(args: argparse.Namespace) -> int | None:
     """Run a pipeline command; None when ``args.command`` is not one."""
-    from . import pipeline as pl
-    from .store import get_store
+    from .. import pipeline as pl
+    from ..store import get_store
 
     if args.command == "run":
         params = tuple((k, _yaml(v)) for k, v in args.parameter)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import LeptonUsageError
-from .remote._spec import parse_size
+from ..errors import LeptonUsageError
+from ..remote._spec import parse_size
 
 
 class UsageParser(argparse.ArgumentParser):

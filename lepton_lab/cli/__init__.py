@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import LeptonError
+from ..errors import LeptonError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lepton", description="Lepton Lab: notebook cells on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
-    from ._cli_pipeline import add_parsers
+    from ._pipeline import add_parsers
 
     add_parsers(sub)
     sub.add_parser("status", help="nodes, resources, running jobs, dashboard link")
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=text).add_argument("job")
     c = sub.add_parser("cluster", help="the embedded local Ray cluster")
     c.add_argument("action", choices=["start", "stop"])
-    from .dashboard import _cli as dashboard_cli
+    from . import _dashboard as dashboard_cli
 
     dashboard_cli.add_parser(sub)
     return p
@@ -40,38 +40,38 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from ._cli_pipeline import dispatch
+        from ._pipeline import dispatch
 
         code = dispatch(args)
         if code is not None:
             return code
         if args.command == "dashboard":
-            from .dashboard import _cli as dashboard_cli
+            from . import _dashboard as dashboard_cli
 
             return dashboard_cli.main(args)
         if args.command == "status":
-            from ._status import cluster_status, format_text
+            from ..remote._status import cluster_status, format_text
 
             print(format_text(cluster_status()))
         elif args.command == "jobs":
-            from .remote._jobs import refresh
-            from .store import get_store
+            from ..remote._jobs import refresh
+            from ..store import get_store
 
             for job in get_store().list_jobs(limit=args.limit):
                 job = refresh(job) if job.status == "running" else job
                 print(f"{job.id:<14} {job.kind:<10} {job.status:<10} {job.name or '':<16} "
                       f"{job.user or ''}")
         elif args.command == "logs":
-            from .remote._jobs import logs
+            from ..remote._jobs import logs
 
             job, text = logs(args.job)
             print(text, end="")
         elif args.command == "cancel":
-            from .remote._jobs import cancel
+            from ..remote._jobs import cancel
 
             print(f"{args.job}: {cancel(args.job).status}")
         elif args.command == "cluster":
-            from . import cluster
+            from .. import cluster
 
             if args.action == "start":
                 state = cluster.start_embedded()
@@ -86,6 +86,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

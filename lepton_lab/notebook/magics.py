@@ -18,15 +18,14 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
-from ._magic_doc import DOC
+from ..errors import CellSyntaxError, LeptonError, LeptonUsageError
+from ..remote._spec import CellSpec, parse_env
+from ._doc import DOC
 from ._parsing import UsageParser as _Parser
 from ._parsing import names as _names
 from ._parsing import number as _number
 from ._parsing import positive_int as _positive_int
 from ._parsing import size as _size
-from .errors import CellSyntaxError, LeptonError, LeptonUsageError
-from .remote._spec import CellSpec, parse_env
-
 
 CELL_EXAMPLES = """examples:
   %%lepton --cpus 2 --timeout 60
@@ -173,9 +172,9 @@ class LeptonMagics(Magics):
         if not cell.strip():
             raise LeptonUsageError("the %%lepton cell is empty; put the code to run below the "
                                    "magic line")
-        from . import cluster
-        from .remote import run_cell
-        from .remote._analysis import analyze
+        from .. import cluster
+        from ..remote import run_cell
+        from ..remote._analysis import analyze
 
         analyze(cell)  # a syntax error is reported before any cluster is touched
         self._announce(cluster)
@@ -185,7 +184,7 @@ class LeptonMagics(Magics):
         from ._display import CellSink
 
         if spec.cache:
-            from .pipeline._cache import run_cached
+            from ..pipeline._cache import run_cached
 
             flags = {"workers": spec.workers, "out": spec.out, "pull": spec.pull,
                      "env": spec.env}
@@ -196,7 +195,7 @@ class LeptonMagics(Magics):
         return None
 
     def _training_cell(self, kind: str, words: list[str], cell: str) -> Any:
-        from . import _magic_train as mt
+        from . import _train as mt
 
         spec = mt.parse_train_line(words) if kind == "train" else mt.parse_tune_line(words)
         if spec is None:
@@ -205,20 +204,20 @@ class LeptonMagics(Magics):
         if not cell.strip():
             raise LeptonUsageError(f"the %%lepton {kind} cell is empty; put the training code "
                                    "below the magic line")
-        from . import cluster
+        from .. import cluster
+        from ..remote._analysis import analyze
         from ._display import CellSink
-        from .remote._analysis import analyze
 
         analyze(cell)
         self._announce(cluster)
         if kind == "train" and spec.detach:
             return self._detach(cell, self.shell.user_ns, spec)
         if kind == "train":
-            from .training._run import run_train
+            from ..training._run import run_train
 
             run_train(cell, self.shell.user_ns, spec, CellSink(), origin=self._origin())
         else:
-            from .training._tune import run_tune
+            from ..training._tune import run_tune
 
             run_tune(cell, self.shell.user_ns, spec, CellSink(), origin=self._origin())
         return None
@@ -243,12 +242,12 @@ class LeptonMagics(Magics):
     def _detach(self, cell: str, ns: dict, spec: Any) -> None:
         from IPython.display import display
 
-        from .remote._jobs import follow, submit_detached
+        from ..remote._jobs import follow, submit_detached
 
         if isinstance(spec, CellSpec):
             job_id = submit_detached(cell, ns, spec, origin=self._origin())
         else:  # a TrainSpec
-            from .training._run import submit_train_detached
+            from ..training._run import submit_train_detached
 
             job_id = submit_train_detached(cell, ns, spec, origin=self._origin())
         print(f"lepton: job {job_id} detached{f' ({spec.name})' if spec.name else ''}: "
@@ -282,17 +281,17 @@ class LeptonMagics(Magics):
 
     # -- line commands ----------------------------------------------------------------------
     def _line(self, line: str) -> Any:
-        from . import _magic_models
+        from . import _models
 
         words = _split(line)
-        if words and words[0] in _magic_models.COMMANDS:
-            return _magic_models.run(words[0], words[1:], self.shell, self._origin())
+        if words and words[0] in _models.COMMANDS:
+            return _models.run(words[0], words[1:], self.shell, self._origin())
         args = parse_line(line)
         cmd = args.command
         if cmd == "help":
             print(DOC)
             return None
-        from . import cluster
+        from .. import cluster
 
         if cmd == "connect":
             conn = cluster.connect(args.address)
@@ -307,7 +306,7 @@ class LeptonMagics(Magics):
             print("lepton: disconnected (the cluster keeps running)")
             return None
         if cmd == "stop-cluster":
-            from .remote._group import stop_group
+            from ..remote._group import stop_group
 
             stop_group()
             stopped = cluster.stop_embedded()
@@ -320,14 +319,15 @@ class LeptonMagics(Magics):
     def _cmd_status(self, args: argparse.Namespace) -> None:
         from IPython.display import display
 
-        from ._status import cluster_status, format_html, format_text
+        from ..remote._status import cluster_status, format_text
+        from ._status import format_html
 
         st = cluster_status()
         display({"text/plain": format_text(st), "text/html": format_html(st)}, raw=True)
 
     def _cmd_jobs(self, args: argparse.Namespace) -> None:
-        from .remote._jobs import refresh
-        from .store import get_store
+        from ..remote._jobs import refresh
+        from ..store import get_store
 
         jobs = get_store().list_jobs(limit=args.limit, status=args.status)
         jobs = [refresh(j) if j.status == "running" else j for j in jobs]
@@ -346,27 +346,27 @@ class LeptonMagics(Magics):
         return None
 
     def _cmd_attach(self, args: argparse.Namespace) -> None:
+        from ..remote._jobs import attach
         from ._display import CellSink
-        from .remote._jobs import attach
 
         job = attach(args.job, self.shell.user_ns, CellSink())
         print(f"lepton: job {job.id} {job.status}")
 
     def _cmd_logs(self, args: argparse.Namespace) -> None:
-        from .remote._jobs import logs
+        from ..remote._jobs import logs
 
         job, text = logs(args.job)
         print(f"--- job {job.id} ({job.status}) ---")
         print(text, end="" if text.endswith("\n") or not text else "\n")
 
     def _cmd_cancel(self, args: argparse.Namespace) -> None:
-        from .remote._jobs import cancel
+        from ..remote._jobs import cancel
 
         job = cancel(args.job)
         print(f"lepton: job {job.id} {job.status}")
 
     def _cmd_group(self, args: argparse.Namespace) -> None:
-        from .remote._group import group_info, restart_group, stop_group
+        from ..remote._group import group_info, restart_group, stop_group
 
         if args.action == "stop":
             print("lepton: warm group stopped" if stop_group() else "lepton: no warm group")
@@ -395,8 +395,8 @@ class LeptonMagics(Magics):
         return None
 
     def _cmd_runs(self, args: argparse.Namespace) -> None:
-        from ._magic_train import format_run, format_runs
-        from .store import get_store
+        from ..store import get_store
+        from ._train import format_run, format_runs
 
         store = get_store()
         if args.run:
@@ -407,7 +407,7 @@ class LeptonMagics(Magics):
     def _cmd_audit(self, args: argparse.Namespace) -> None:
         import time
 
-        from .store import get_store
+        from ..store import get_store
 
         entries = get_store().audit_entries(job_id=args.job, limit=args.limit)
         for e in entries:
@@ -438,7 +438,7 @@ def register(ipython: Any) -> None:
     magics = LeptonMagics(ipython)
     ipython.register_magics(magics)
     _REGISTERED[id(ipython)] = magics
-    from .remote import _progress
+    from ..remote import _progress
 
     if _progress.LOCAL_HOOK is None:
         from ._display import local_progress_hook
