@@ -15,7 +15,7 @@ import hashlib
 import io
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import get_config
 from .errors import LeptonUsageError
@@ -131,7 +131,7 @@ def load_bytes(data: bytes, format: str, device: str = "cpu") -> Any:
     """An artifact's bytes as a runnable model: a torch module in eval mode, or a callable
     :class:`~lepton_lab.compress.OnnxModel` (an onnxruntime session) for ONNX."""
     if format == "onnx":
-        from .compress import OnnxModel
+        from ._formats import OnnxModel
 
         return OnnxModel(data, device=device)
     import torch
@@ -167,3 +167,19 @@ def register_trained(names: Any, namespace: dict[str, Any], *, run_id: str,
         out.append(register_module(module, name, kind="trained", run_id=run_id,
                                    checkpoint=checkpoint))
     return out
+
+
+def register_run_models(names: Any, namespace: dict[str, Any], *, run_id: str,
+                        run_name: str | None, checkpoint: str | None,
+                        say: Callable[[str], Any]) -> None:
+    """:func:`register_trained`, telling the user through ``say`` what was registered, or why
+    nothing was: the run itself succeeded, so a registry problem must not fail it."""
+    try:
+        made = register_trained(names, namespace, run_id=run_id, run_name=run_name,
+                                checkpoint=checkpoint)
+    except Exception as exc:  # noqa: BLE001 - the run succeeded; say why it is not registered
+        say(f"the trained model was not registered: {str(exc).splitlines()[0][:200]}")
+        return
+    if made:
+        say("registered " + ", ".join(m.ref for m in made) + " (`%lepton models`; "
+            "`%lepton compress NAME` / `%lepton deploy NAME`)")

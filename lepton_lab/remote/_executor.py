@@ -238,8 +238,8 @@ def _patch_ipython_display(source: str) -> None:
     if "IPython" not in source and "IPython.display" not in sys.modules:
         return
     try:
-        import IPython.display as ipd
         import IPython.core.display_functions as idf
+        import IPython.display as ipd
     except Exception:
         return
     ipd.display = display
@@ -298,11 +298,11 @@ class CellThread:
 def new_namespace() -> dict[str, Any]:
     import builtins
 
-    import lepton_lab
-
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     ns["display"] = display
-    ns["lepton"] = lepton_lab
+    # the public package as `lepton` (lepton.progress, lepton.record, lepton.training...): it
+    # is this module's parent, so it is always loaded; the cell uses it, this layer does not
+    ns["lepton"] = sys.modules[__name__.partition(".")[0]]
     return ns
 
 
@@ -405,7 +405,7 @@ def execute(payload: dict[str, Any], ns: dict[str, Any], emitter: Emitter) -> di
         result["error"] = _format_error(exc, filename)
     finally:
         sys.stdout, sys.stderr = old_out, old_err
-        _flush_training()
+        _cell_ended()
         _STATE.emitter = None
         for k, v in saved_env.items():
             if v is None:
@@ -419,12 +419,21 @@ def execute(payload: dict[str, Any], ns: dict[str, Any], emitter: Emitter) -> di
     return result
 
 
-def _flush_training() -> None:
-    """Send the training metrics a cell reported but not yet sent (only if it used them)."""
-    helpers = sys.modules.get("lepton_lab.training._helpers")
-    if helpers is not None:
+_AT_CELL_END: list[Callable[[], None]] = []
+
+
+def at_cell_end(fn: Callable[[], None]) -> None:
+    """Call ``fn`` after every cell, whatever its outcome. A package above this layer hooks in
+    this way (``training`` sends the metrics a cell reported but had not sent yet), so this
+    layer needs no knowledge of it."""
+    if fn not in _AT_CELL_END:
+        _AT_CELL_END.append(fn)
+
+
+def _cell_ended() -> None:
+    for fn in _AT_CELL_END:
         try:
-            helpers.flush()
+            fn()
         except Exception:  # noqa: BLE001 - never turn a finished cell into a failure here
             pass
 

@@ -267,8 +267,16 @@ def _ship(group: _Group, names: frozenset[str], namespace: dict[str, Any]) -> di
 def run_group_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *,
                    origin: str | None = None):
     """Run ``body`` on every rank of the warm group; values come back from rank 0."""
-    from ._runner import (CellOutcome, RankDied, Recorder, apply_outcome, build_payload,
-                          consume, finish_outcome, record_submission)
+    from ._runner import (
+        CellOutcome,
+        RankDied,
+        Recorder,
+        apply_outcome,
+        build_payload,
+        consume,
+        finish_outcome,
+        record_submission,
+    )
 
     an = analyze(body)
     conn = ensure_connected()

@@ -14,8 +14,8 @@ import time
 from typing import Any, Callable
 
 from ..errors import CellTimeout
-from ..remote._runner import cancel_streams, consume
-from ..remote._sink import LogTee
+from ._runner import cancel_streams, consume
+from ._sink import LogTee
 
 
 class Ledger:

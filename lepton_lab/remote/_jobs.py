@@ -21,15 +21,27 @@ from ._analysis import analyze
 from ._sink import LogTee, Sink
 from ._spec import CellSpec
 
-EVENT_BYTES_LIMIT = 64 * 1024 * 1024
-RELEASE_GRACE_S = 3600.0  # a keeper lives this long after someone attached and pulled results  # output kept per job; older text is dropped beyond it
+EVENT_BYTES_LIMIT = 64 * 1024 * 1024  # output kept per job; older text is dropped beyond it
+RELEASE_GRACE_S = 3600.0  # a keeper lives this long after someone attached and pulled results
+
+#: How a keeper drives a job other than a plain cell: ``(task_factory, opts)``. The factory is
+#: a module-level function of a feature package (pickled by reference) that returns a Ray
+#: streaming task taking ``(payload, opts)``; the keeper adds a ``ledger`` to ``opts`` (see
+#: :mod:`._guard`). This is how ``training`` hands its run to this layer without this layer
+#: importing ``training``.
+Driver = tuple[Callable[[], Any], dict[str, Any]]
+
+
+def driver_name(task_factory: Callable[[], Any]) -> str:
+    """``_train_task`` -> ``train``: the task's name on the Ray dashboard."""
+    return task_factory.__name__.strip("_").removesuffix("_task") or "job"
 
 
 class _Keeper:
     """Owns one detached cell run on the cluster (a threaded, CPU-less, detached actor)."""
 
     def __init__(self, job_id: str, payload: dict[str, Any], options: dict[str, Any],
-                 ttl_s: float, train_opts: dict[str, Any] | None = None):
+                 ttl_s: float, driver: Driver | None = None):
         self.job_id, self.ttl_s = job_id, ttl_s
         self.events: list[tuple] = []
         self.dropped = 0
@@ -38,22 +50,22 @@ class _Keeper:
         self.state = "running"
         self.cond = threading.Condition()
         self.ledger = None
-        if train_opts is None:
+        if driver is None:
             from ._runner import _remote_task
 
             self.gen = _remote_task().options(name=f"lepton:{job_id}", **options).remote(payload)
-        else:  # a detached training run: the keeper drives Ray Train, as a cell would
+        else:  # e.g. a detached training run: the keeper drives it, as a cell would
             import ray
 
-            from ..training._guard import Ledger
-            from ..training._run import _train_task
+            from ._guard import Ledger
 
+            task_factory, opts = driver
             self.ledger = ray.remote(num_cpus=0)(Ledger).remote()
-            self.gen = _train_task().options(name=f"lepton-train:{job_id}").remote(
-                payload, dict(train_opts, ledger=self.ledger))
+            self.gen = task_factory().options(name=f"lepton-{driver_name(task_factory)}:"
+                                              f"{job_id}").remote(
+                payload, dict(opts, ledger=self.ledger))
         self.started = time.time()
         threading.Thread(target=self._follow, daemon=True, name="lepton-keeper").start()
-
 
     def _follow(self) -> None:
         import ray
@@ -145,7 +157,7 @@ class _Keeper:
             self.state = "cancelling"
         ray.cancel(self.gen, force=True)
         if self.ledger is not None:  # Ray keeps a killed run's placement groups: free them
-            from ..training._guard import release_placement_groups
+            from ._guard import release_placement_groups
 
             release_placement_groups(self.ledger)
         with self.cond:
@@ -187,14 +199,14 @@ def submit_detached(body: str, namespace: dict[str, Any], spec: CellSpec, *,
 
 
 def start_keeper(job_id: str, payload: dict[str, Any], options: dict[str, Any], *,
-                 train_opts: dict[str, Any] | None = None) -> None:
-    """Start the detached keeper that runs a recorded job (a cell, or a training run when
-    ``train_opts`` is given) and holds its output for any kernel that attaches."""
+                 driver: Driver | None = None) -> None:
+    """Start the detached keeper that runs a recorded job (a cell, or what ``driver`` drives,
+    e.g. a training run) and holds its output for any kernel that attaches."""
     ttl = get_config().job_ttl_hours * 3600.0
     try:
         _keeper_cls().options(name=keeper_name(job_id), namespace=NAMESPACE,
                               lifetime="detached").remote(job_id, payload, options, ttl,
-                                                          train_opts)
+                                                          driver)
     except Exception as exc:
         get_store().finish_job(job_id, "failed", error=f"could not submit: {exc}")
         finish_run_record(job_id, {"status": "error", "message": f"could not submit: {exc}"})
@@ -212,23 +224,41 @@ def _keeper(job_id: str):
 
 def finish_run_record(job_id: str, result: dict[str, Any], history: list | None = None,
                       latest: dict[str, Any] | None = None) -> None:
-    """Close the training run of a detached training job (a no-op for plain cells)."""
-    from ..training._run import finish_run_record as finish
-
-    finish(job_id, result, history, latest)
+    """Close the run recorded under ``job_id`` (a training run) from its driving task's final
+    result, once; later calls, and jobs without a run (plain cells), are no-ops."""
+    store = get_store()
+    try:
+        rec = store.get_run(job_id)
+    except LeptonError:
+        return
+    if rec.done:
+        return
+    run = result.get("run") or {}
+    status = {"ok": "succeeded", "cancelled": "cancelled", "interrupted": "cancelled"}.get(
+        result.get("status"), "failed")
+    error = None
+    if status == "failed":
+        err = result.get("error") or {}
+        error = (f"{err.get('ename')}: {err.get('evalue')}" if err
+                 else result.get("message") or result.get("status"))
+    store.update_run(job_id, status=status, error=str(error)[:2000] if error else None,
+                     history=history, metrics=run.get("metrics") or latest,
+                     best_checkpoint=run.get("best_checkpoint"),
+                     last_checkpoint=run.get("last_checkpoint"))
 
 
 def _register_trained(job_id: str, names: list[str], namespace: dict[str, Any],
                       sink: Sink) -> None:
     """A detached training run's modules go into the registry, as an attached cell's do."""
-    from ..training._run import register_models
+    from ..registry import register_run_models
 
     try:
         run = get_store().get_run(job_id)
     except JobNotFound:
         return                     # a plain detached cell: not a training run
-    register_models(names, namespace, job_id, run.name, run.best_checkpoint or
-                    run.last_checkpoint, sink.status)
+    register_run_models(names, namespace, run_id=job_id, run_name=run.name,
+                        checkpoint=run.best_checkpoint or run.last_checkpoint,
+                        say=sink.status)
 
 
 def _final_status(state: str) -> str | None:

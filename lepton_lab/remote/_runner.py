@@ -13,8 +13,15 @@ import cloudpickle
 
 from ..cluster import ensure_connected
 from ..config import get_config
-from ..errors import (CellTimeout, InfeasibleRequest, JobCancelled, LeptonError,
-                      RemoteError, SerializationError, WorkerDied)
+from ..errors import (
+    CellTimeout,
+    InfeasibleRequest,
+    JobCancelled,
+    LeptonError,
+    RemoteError,
+    SerializationError,
+    WorkerDied,
+)
 from ..store import get_store
 from ._analysis import CellAnalysis, analyze, is_builtin
 from ._sink import LogTee, Sink

@@ -1,6 +1,6 @@
 """Where remote output goes on the kernel side: a small protocol plus the rank folding.
 
-The core never imports IPython. The IPython adapter (``lepton_lab._display``) implements
+The core never imports IPython. The IPython adapter (``lepton_lab.notebook._display``) implements
 :class:`Sink` with real notebook outputs and ipywidgets; :class:`TextSink` serves the CLI.
 """
 
@@ -36,7 +36,7 @@ class Sink:
         pass
 
     def train_event(self, payload: dict[str, Any]) -> None:
-        """A rank's training report (see :mod:`lepton_lab.training._monitor`)."""
+        """A rank's training report (see :mod:`lepton_lab.remote._monitor`)."""
 
     def train_view(self, monitor: Any) -> None:
         """Show the training job's state (a :class:`TrainMonitor`) after it changed."""
@@ -125,7 +125,7 @@ class LogTee(Sink):
 
     def train_event(self, payload: dict[str, Any]) -> None:
         if self.monitor is None:
-            from ..training._monitor import TrainMonitor
+            from ._monitor import TrainMonitor
 
             self.monitor = TrainMonitor()
         self.monitor.add(payload)

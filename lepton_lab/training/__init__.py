@@ -12,9 +12,23 @@
             report(loss=loss.item())                   # live progress, curves and warnings
 """
 
-from ._helpers import (TrainingStopped, autocast, device, epochs, history, is_main,
-                       load_checkpoint, prepare_loader, prepare_model, rank, report, reset,
-                       save_checkpoint, shard, world_size)
+from ._helpers import (
+                       TrainingStopped,
+                       autocast,
+                       device,
+                       epochs,
+                       history,
+                       is_main,
+                       load_checkpoint,
+                       prepare_loader,
+                       prepare_model,
+                       rank,
+                       report,
+                       reset,
+                       save_checkpoint,
+                       shard,
+                       world_size,
+)
 
 __all__ = ["TrainingStopped", "autocast", "device", "epochs", "history", "is_main",
            "load_checkpoint", "prepare_loader", "prepare_model", "rank", "report", "reset",

@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
+from ..remote._executor import at_cell_end, current_emitter
+
 #: Seconds between two ``train`` events from one rank (the kernel redraws at most this often).
 EMIT_INTERVAL = 0.25
 #: A gradient norm this many times the median of the recent ones counts as exploding.
@@ -253,8 +255,6 @@ def _warn(text: str, key: str | None = None) -> None:
         return
     _RUN.warned.add(key)
     _RUN.warnings.append(text)
-    from ..remote._executor import current_emitter
-
     if current_emitter() is None:  # in a cell the kernel shows it, once, from the report
         print(f"lepton: WARNING rank {rank()}: {text}", file=sys.stderr)
     else:
@@ -310,8 +310,6 @@ def _any_rank(flag: bool) -> bool:
 
 def _emit(force: bool = False) -> None:
     """Send what this rank reported since the last event to the launching cell."""
-    from ..remote._executor import current_emitter
-
     run = _RUN
     now = time.monotonic()
     emitter = current_emitter()
@@ -332,6 +330,9 @@ def flush() -> None:
     """Send whatever is still buffered (the cell wrappers call this when a cell ends)."""
     if _RUN.points or _RUN.samples or _RUN.warnings:
         _emit(force=True)
+
+
+at_cell_end(flush)
 
 
 def history() -> dict[str, list[tuple[float, float]]]:

@@ -18,8 +18,8 @@ import time
 from typing import Any, Iterator
 
 from ..remote._executor import Emitter, execute, new_namespace
+from ..remote._guard import note_placement_group
 from ..remote._sink import RankFolder, Sink
-from ._guard import note_placement_group
 
 
 class Hub:

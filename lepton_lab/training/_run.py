@@ -11,13 +11,22 @@ from typing import Any
 from ..cluster import ensure_connected
 from ..config import get_config
 from ..errors import CellTimeout, LeptonError, LeptonUsageError
+from ..registry import register_run_models
 from ..remote._analysis import analyze
-from ..remote._runner import (CellOutcome, Recorder, apply_outcome, build_payload,
-                              check_feasible, finish_outcome, record_submission, ship_values)
+from ..remote._guard import drive
+from ..remote._runner import (
+    CellOutcome,
+    Recorder,
+    apply_outcome,
+    build_payload,
+    check_feasible,
+    finish_outcome,
+    record_submission,
+    ship_values,
+)
 from ..remote._sink import LogTee, Sink
 from ..remote._spec import CellSpec
 from ..store import get_store
-from ._guard import drive
 
 MODES = ("min", "max")
 
@@ -210,32 +219,8 @@ def submit_train_detached(body: str, namespace: dict[str, Any], spec: TrainSpec,
     from ..remote._jobs import start_keeper
 
     job_id, payload, opts = _prepare(body, namespace, spec, "detached", origin)
-    start_keeper(job_id, payload, {}, train_opts=opts)
+    start_keeper(job_id, payload, {}, driver=(_train_task, opts))
     return job_id
-
-
-def finish_run_record(job_id: str, result: dict[str, Any], history: list | None = None,
-                      latest: dict[str, Any] | None = None) -> None:
-    """Close a training run from its driving task's final result (once; later calls no-op)."""
-    store = get_store()
-    try:
-        rec = store.get_run(job_id)
-    except LeptonError:
-        return
-    if rec.done:
-        return
-    run = result.get("run") or {}
-    status = {"ok": "succeeded", "cancelled": "cancelled", "interrupted": "cancelled"}.get(
-        result.get("status"), "failed")
-    error = None
-    if status == "failed":
-        err = result.get("error") or {}
-        error = (f"{err.get('ename')}: {err.get('evalue')}" if err
-                 else result.get("message") or result.get("status"))
-    store.update_run(job_id, status=status, error=str(error)[:2000] if error else None,
-                     history=history, metrics=run.get("metrics") or latest,
-                     best_checkpoint=run.get("best_checkpoint"),
-                     last_checkpoint=run.get("last_checkpoint"))
 
 
 def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink, *,
@@ -296,22 +281,6 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
         where = run.get("best_checkpoint") or "no checkpoint (use lepton.training.epochs)"
         tee.status(f"training run {job_id} done in {res.get('elapsed', 0):.1f} s{note}; "
                    f"best checkpoint: {where}")
-        register_models(outcome.values, namespace, job_id, spec.name,
-                        run.get("best_checkpoint"), tee.status)
+        register_run_models(outcome.values, namespace, run_id=job_id, run_name=spec.name,
+                            checkpoint=run.get("best_checkpoint"), say=tee.status)
         return outcome
-
-
-def register_models(names: Any, namespace: dict[str, Any], run_id: str, run_name: str | None,
-                    checkpoint: str | None, say: Any) -> None:
-    """Trained modules that came back go into the model registry with the run's lineage."""
-    from ..registry import register_trained
-
-    try:
-        made = register_trained(names, namespace, run_id=run_id, run_name=run_name,
-                                checkpoint=checkpoint)
-    except Exception as exc:  # noqa: BLE001 - the run succeeded; say why it is not registered
-        say(f"the trained model was not registered: {str(exc).splitlines()[0][:200]}")
-        return
-    if made:
-        say("registered " + ", ".join(m.ref for m in made) + " (`%lepton models`; "
-            "`%lepton compress NAME` / `%lepton deploy NAME`)")

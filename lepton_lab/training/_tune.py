@@ -22,12 +22,20 @@ from ..cluster import ensure_connected
 from ..errors import CellTimeout, LeptonUsageError
 from ..remote._analysis import analyze
 from ..remote._executor import Emitter, execute, new_namespace
-from ..remote._runner import (CellOutcome, Recorder, apply_outcome, build_payload,
-                              check_feasible, finish_outcome, record_submission, ship_values)
+from ..remote._guard import drive, note_placement_group
+from ..remote._runner import (
+    CellOutcome,
+    Recorder,
+    apply_outcome,
+    build_payload,
+    check_feasible,
+    finish_outcome,
+    record_submission,
+    ship_values,
+)
 from ..remote._sink import LogTee, Sink
 from ..remote._spec import CellSpec
 from ..store import get_store
-from ._guard import drive, note_placement_group
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 
@@ -147,10 +155,9 @@ def _trials_html(rows: dict[str, dict[str, Any]], metric: str, keys: list[str]) 
 
 def run_tune_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[list[tuple]]:
     """The driving task: runs ``Tuner.fit()`` and streams a live trials table."""
+    import cloudpickle
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-
-    import cloudpickle
 
     space = cloudpickle.loads(opts["space"])
     metric, mode = opts["metric"], opts["mode"]

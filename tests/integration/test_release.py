@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 def test_placement_groups_noted_by_ranks_are_released(cluster):
     import ray
 
-    from lepton_lab.training._guard import Ledger, note_placement_group, release_placement_groups
+    from lepton_lab.remote._guard import Ledger, note_placement_group, release_placement_groups
     from lepton_lab.remote._runner import cancel_streams
 
     ledger = ray.remote(num_cpus=0)(Ledger).remote()

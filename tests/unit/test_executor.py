@@ -11,17 +11,27 @@ import cloudpickle
 import pytest
 
 from lepton_lab.remote._analysis import analyze
-from lepton_lab.remote._executor import (CellThread, Emitter, display, execute, mimebundle,
-                                         new_namespace, pack_values, stream_cell)
+from lepton_lab.remote._executor import (
+    CellThread,
+    Emitter,
+    display,
+    execute,
+    mimebundle,
+    new_namespace,
+    pack_values,
+    stream_cell,
+)
 from lepton_lab.remote._runner import build_payload, unpack_values
 from lepton_lab.remote._spec import CellSpec
 
+DEFAULT_SPEC = CellSpec()
 
-def payload_for(src: str, spec: CellSpec = CellSpec()) -> dict:
+
+def payload_for(src: str, spec: CellSpec = DEFAULT_SPEC) -> dict:
     return build_payload(analyze(src), spec, {})
 
 
-def run(src: str, ns: dict | None = None, spec: CellSpec = CellSpec()):
+def run(src: str, ns: dict | None = None, spec: CellSpec = DEFAULT_SPEC):
     ns = new_namespace() if ns is None else ns
     emitter = Emitter()
     result = execute(payload_for(src, spec), ns, emitter)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lepton_lab import training
-from lepton_lab.remote._executor import Emitter, _STATE
+from lepton_lab.remote._executor import _STATE, Emitter
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +56,7 @@ def test_report_keeps_history_and_warns_on_nan(capsys):
 
 
 def test_report_sends_train_events_that_the_monitor_understands():
-    from lepton_lab.training._monitor import TrainMonitor
+    from lepton_lab.remote._monitor import TrainMonitor
 
     emitter = Emitter()
     _STATE.emitter = emitter

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lepton_lab.errors import LeptonUsageError
-from lepton_lab.training._monitor import TrainMonitor
+from lepton_lab.remote._monitor import TrainMonitor
 
 
 def _payload(rank, samples, seconds, points=(), **kw):
@@ -36,7 +36,7 @@ def test_monitor_notes_a_restart_once():
 
 
 def test_curves_render_to_png():
-    from lepton_lab._train_view import rank_table, render_curves
+    from lepton_lab.notebook._train_view import rank_table, render_curves
 
     mon = TrainMonitor()
     assert render_curves(mon) is None
@@ -48,7 +48,7 @@ def test_curves_render_to_png():
 
 
 def test_train_flags_become_a_spec():
-    from lepton_lab._magic_train import parse_train_line
+    from lepton_lab.notebook._train import parse_train_line
 
     spec = parse_train_line("--workers 4 --gpus-per-worker 1 --max-failures 2 "
                             "--checkpoint-every 3 --stop-on-nan --bf16 --metric acc --mode max"
@@ -69,7 +69,7 @@ def test_train_flags_become_a_spec():
     ("--bogus", "unrecognized"),
 ])
 def test_bad_train_flags_are_one_line(line, fragment):
-    from lepton_lab._magic_train import parse_train_line
+    from lepton_lab.notebook._train import parse_train_line
 
     with pytest.raises(LeptonUsageError) as info:
         parse_train_line(line.split())
@@ -77,7 +77,7 @@ def test_bad_train_flags_are_one_line(line, fragment):
 
 
 def test_tune_needs_metric_and_mode():
-    from lepton_lab._magic_train import parse_tune_line
+    from lepton_lab.notebook._train import parse_tune_line
 
     with pytest.raises(LeptonUsageError, match="--metric"):
         parse_tune_line(["--samples", "2"])
