@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._formats import OnnxModel, quiet_libraries
 from ..errors import LeptonError, LeptonUsageError
-from ._quantize import quiet_libraries
 
 OPSET = 17
 ATOL, RTOL = 1e-4, 1e-3  # fp32 export vs the torch module
@@ -18,54 +18,6 @@ ATOL, RTOL = 1e-4, 1e-3  # fp32 export vs the torch module
 
 class ExportMismatch(LeptonError):
     """The exported ONNX graph does not compute what the torch module computes."""
-
-
-class OnnxModel:
-    """An ONNX graph in an ONNX Runtime session, callable like a module.
-
-    ``OnnxModel(onnx_bytes)(x)`` takes a NumPy array or a torch tensor (batch first) and
-    returns the first output in the same kind. It pickles as its bytes (the session is
-    rebuilt on load), so it can be shipped to another process."""
-
-    def __init__(self, onnx_bytes: bytes, device: str = "cpu", threads: int | None = None):
-        self.onnx_bytes, self.device, self.threads = onnx_bytes, device, threads
-        self._open()
-
-    def _open(self) -> None:
-        import onnxruntime as ort
-        import torch
-
-        so = ort.SessionOptions()
-        # the same thread count as torch: a like-for-like comparison with the torch variants
-        so.intra_op_num_threads = self.threads or torch.get_num_threads()
-        so.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if self.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        with quiet_libraries():
-            self.session = ort.InferenceSession(self.onnx_bytes, so, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.providers = self.session.get_providers()
-
-    def run(self, x: Any) -> Any:
-        """NumPy float32 in, NumPy out (the first output)."""
-        return self.session.run(None, {self.input_name: x})[0]
-
-    def __call__(self, x: Any) -> Any:
-        import numpy as np
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            out = self.run(x.detach().float().cpu().numpy())
-            return torch.from_numpy(out)
-        return self.run(np.asarray(x, dtype=np.float32))
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"onnx_bytes": self.onnx_bytes, "device": self.device, "threads": self.threads}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._open()
 
 
 def export_onnx(module: Any, example: Any) -> tuple[bytes, dict[str, Any]]:

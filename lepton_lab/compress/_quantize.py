@@ -8,46 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import os
 import tempfile
-import warnings
 from typing import Any
 
 from torch import nn
 
+from .._formats import quiet_libraries
 from ..errors import LeptonUsageError
-
-
-@contextlib.contextmanager
-def quiet_libraries():
-    """Silence the chatter of torchao, torch's exporter and ONNX Runtime's quantizer (missing
-    optional CUDA kernels or Triton, "consider pre-processing", deprecations) while they run.
-
-    The libraries' own loggers get level ERROR for the duration (their child loggers inherit
-    it); records logged on the root logger (ONNX Runtime's quantizer does that) are filtered
-    at the root, so other loggers of the process are left alone."""
-    names = ("torchao", "torch.utils._pytree", "torch.onnx", "onnxruntime", "onnxscript")
-    loggers = [logging.getLogger(n) for n in names]
-    saved = [lg.level for lg in loggers]
-    root = logging.getLogger()
-
-    class Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return record.levelno >= logging.ERROR
-
-    drop = Drop()
-    root.addFilter(drop)
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.removeFilter(drop)
-        for lg, level in zip(loggers, saved):
-            lg.setLevel(level)
 
 
 def _torchao() -> Any:
@@ -151,9 +119,14 @@ def ort_int8(onnx_bytes: bytes, calib_X: Any = None, method: str = "auto",
     ``"auto"``: static when the graph has Conv nodes and calibration data exists, else
     dynamic."""
     import numpy as np
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
-                                          QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     ops = _op_types(onnx_bytes)
     if method == "auto":

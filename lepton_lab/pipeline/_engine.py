@@ -18,7 +18,6 @@ command line passes none, so every one has a default.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -100,7 +99,7 @@ def begin(nb: Any, output_path: str | None, opts: dict[str, Any]) -> RunContext:
                      artifacts_dir=Path(artifacts) if artifacts else None)
     if ctx.store:
         from ..store import get_store
-        from ..store._store import current_user
+        from ..store._json import current_user
 
         store = get_store()
         try:

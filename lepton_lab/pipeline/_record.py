@@ -126,10 +126,8 @@ def record(name: str, value: Any, *, step: int | float | None = None) -> None:
         return
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
-    if shell is not None:
-        from IPython.display import publish_display_data
-
-        publish_display_data(data)
+    if shell is not None:     # a notebook kernel: show it as IPython.display would
+        shell.display_pub.publish(data=data, metadata={})
     else:
         print(data["text/plain"])
 

@@ -133,7 +133,7 @@ def run_sweep(notebook: str | Path, grid: dict[str, list[Any]], opts: SweepOptio
     from ..remote._runner import check_feasible
     from ..remote._spec import CellSpec
     from ..store import get_store
-    from ..store._store import current_user
+    from ..store._json import current_user
     from . import _env
     from ._engine import new_run_id, new_seed
     from ._run import check_notebook, runs_dir

@@ -26,8 +26,16 @@ from ..errors import LeptonError, LeptonUsageError
 from ..store import EndpointNotFound, get_store
 from ._app import NPY, first_line
 from ._auth import generate_token, hash_token
-from ._manage import (_TOKENS, DeployError, DeployInfo, DeploySpec, deploy, endpoint_status,
-                      list_endpoints, undeploy)
+from ._manage import (
+    _TOKENS,
+    DeployError,
+    DeployInfo,
+    DeploySpec,
+    deploy,
+    endpoint_status,
+    list_endpoints,
+    undeploy,
+)
 
 __all__ = ["DeployError", "DeployInfo", "DeploySpec", "deploy", "endpoint_status",
            "generate_token", "hash_token", "list_endpoints", "predict", "undeploy"]

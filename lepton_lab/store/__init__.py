@@ -5,8 +5,15 @@ One SQLite file under the Lepton home directory, opened in WAL mode with a busy 
 several kernels, the command-line tool and the Jupyter server can write at once.
 """
 
-from ._catalog import (EndpointNotFound, EndpointRecord, ModelNotFound, ModelRecord,
-                       ReportRecord, check_name, split_ref)
+from ._catalog import (
+                       EndpointNotFound,
+                       EndpointRecord,
+                       ModelNotFound,
+                       ModelRecord,
+                       ReportRecord,
+                       check_name,
+                       split_ref,
+)
 from ._pipelines import PipelineRun, PipelineRunNotFound
 from ._store import JobRecord, RunRecord, Store, get_store, reset_store
 

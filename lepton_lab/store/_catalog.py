@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LeptonUsageError
+from ._json import current_user
+from ._json import dumps as _dumps
 
 MODEL_KINDS = ("trained", "compressed", "imported")
 MODEL_FORMATS = ("torch", "onnx")
@@ -126,8 +128,6 @@ class CatalogMixin:
                        metrics: dict[str, Any] | None = None,
                        description: str | None = None) -> ModelRecord:
         """Add the next version of ``name`` (1 for a new name) and return it."""
-        from ._store import _dumps, current_user
-
         check_name(name)
         if kind not in MODEL_KINDS:
             raise ValueError(f"model kind must be one of {MODEL_KINDS}, not {kind!r}")
@@ -177,8 +177,6 @@ class CatalogMixin:
 
     def update_model_metrics(self, ref: str, metrics: dict[str, Any]) -> None:
         """Merge ``metrics`` into a model's recorded metrics."""
-        from ._store import _dumps
-
         rec = self.get_model(ref)
         with self._tx() as db:
             db.execute("UPDATE models SET metrics=? WHERE name=? AND version=?",
@@ -188,8 +186,6 @@ class CatalogMixin:
     def add_report(self, model: str, rows: list[dict[str, Any]], *,
                    settings: dict[str, Any] | None = None, target: str | None = None,
                    job_id: str | None = None) -> ReportRecord:
-        from ._store import _dumps, current_user
-
         report_id = uuid.uuid4().hex[:12]
         with self._tx() as db:
             db.execute("INSERT INTO reports (id, created, user, model, job_id, target, settings,"
@@ -219,8 +215,6 @@ class CatalogMixin:
                      config: dict[str, Any] | None = None,
                      error: str | None = None) -> EndpointRecord:
         """Create or replace the endpoint ``name`` (a redeploy keeps its creation time)."""
-        from ._store import _dumps, current_user
-
         check_name(name, "endpoint")
         if status not in ENDPOINT_STATES:
             raise ValueError(f"endpoint status must be one of {ENDPOINT_STATES}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LeptonUsageError
+from ._json import dumps as _dumps
 
 PIPELINE_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
 PIPELINE_FINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
@@ -70,8 +71,6 @@ class PipelinesMixin:
                             reproduces: str | None = None, cluster: str | None = None,
                             output: str | None = None) -> PipelineRun:
         """Record a pipeline run that is starting (status ``running``)."""
-        from ._store import _dumps
-
         with self._tx() as db:
             db.execute(
                 "INSERT INTO pipeline_runs (id, name, user, status, created, notebook, output,"
@@ -83,8 +82,6 @@ class PipelinesMixin:
     def update_pipeline_run(self, run_id: str, **fields: Any) -> bool:
         """Set the given columns of a run; a final ``status`` also sets ``finished`` (once).
         False when no run has that id."""
-        from ._store import _dumps
-
         unknown = set(fields) - set(_JSON_COLUMNS) - set(_PLAIN_COLUMNS)
         if unknown:
             raise ValueError(f"unknown pipeline run fields: {sorted(unknown)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import fcntl
 import json
 import os
@@ -16,6 +15,8 @@ from typing import Any, Iterator
 from ..config import get_config
 from ..errors import JobNotFound
 from ._catalog import CatalogMixin
+from ._json import current_user
+from ._json import dumps as _dumps
 from ._pipelines import PipelinesMixin
 from ._schema import MIGRATIONS
 
@@ -29,11 +30,6 @@ HISTORY_LIMIT = 20_000
 RUN_KINDS = ("train", "tune")
 RUN_STATES = ("running", "succeeded", "failed", "cancelled")
 RUN_FINAL_STATES = ("succeeded", "failed", "cancelled")
-
-
-def current_user() -> str:
-    """Who is submitting: the JupyterHub user when there is one, else the OS user."""
-    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
 
 
 @dataclass
@@ -404,25 +400,6 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
     d["history"] = json.loads(d["history"]) if d["history"] else []
     d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
     return RunRecord(**d)
-
-
-def _dumps(value: Any) -> str:
-    """JSON for config/history/metrics: numpy and torch scalars become numbers, and
-    anything else JSON cannot hold becomes its string form rather than failing the write."""
-    return json.dumps(value, default=_json_default)
-
-
-def _json_default(obj: Any) -> Any:
-    for convert in ("item", "tolist"):   # numpy/torch scalars and small arrays
-        fn = getattr(obj, convert, None)
-        if callable(fn):
-            try:
-                return fn()
-            except Exception:
-                pass
-    if isinstance(obj, (set, frozenset)):
-        return list(obj)
-    return str(obj)
 
 
 _STORE: Store | None = None

@@ -34,9 +34,9 @@ def _npy(arr) -> bytes:
 
 @pytest.fixture(scope="module")
 def serve_port(cluster):
-    from lepton_lab.config import reset_config
-
     from ray import serve
+
+    from lepton_lab.config import reset_config
 
     serve.shutdown()   # an earlier test (the quickstart) may have left Serve on another port
     old = os.environ.get("LEPTON_SERVE_PORT")
@@ -417,8 +417,9 @@ def test_killing_a_replica_under_load_loses_few_requests_and_serve_recovers(endp
 
 
 def test_request_metrics_reach_prometheus(endpoint):
-    import ray
     import urllib.request
+
+    import ray
 
     ports = {n["MetricsExportPort"] for n in ray.nodes() if n.get("Alive")}
     deadline = time.monotonic() + 45

@@ -15,8 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lepton_lab.compress import (CompressResult, CompressSettings, ExportMismatch, OnnxModel,
-                                 Variant, compress, load_artifact, save_artifact)
+from lepton_lab.compress import (
+    CompressResult,
+    CompressSettings,
+    ExportMismatch,
+    OnnxModel,
+    Variant,
+    compress,
+    load_artifact,
+    save_artifact,
+)
 from lepton_lab.errors import LeptonUsageError
 
 FAST = 0.3  # seconds of latency timing per compress() call where latency is not under test

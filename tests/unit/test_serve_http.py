@@ -9,9 +9,20 @@ import json
 import numpy as np
 import pytest
 
-from lepton_lab.serve._app import (NPY, EndpointReplica, HttpError, check_content_length,
-                                   check_route, check_shape, encode_outputs, openapi,
-                                   parse_inputs, relative_path, sample_shape, split_outputs)
+from lepton_lab.serve._app import (
+    NPY,
+    EndpointReplica,
+    HttpError,
+    check_content_length,
+    check_route,
+    check_shape,
+    encode_outputs,
+    openapi,
+    parse_inputs,
+    relative_path,
+    sample_shape,
+    split_outputs,
+)
 
 
 def npy(arr) -> bytes:
