@@ -1,7 +1,9 @@
 # Lepton Lab: one-command entry points. POSIX make; `make PYTHON=python3.12 venv` to pick Python.
 #
 #   make run     install (once) and execute templates/quickstart.ipynb on the embedded Ray
-#   make test    unit + integration tests (GPU tests skip where there is no GPU)
+#   make test    layering and lint checks, then unit + integration tests (GPU tests skip
+#                where there is no GPU)
+#   make lint    only the checks: lint-imports (docs/architecture.md's layers) and ruff
 #   make lab     JupyterLab with the Lepton kernel and magics
 #   make bench   dispatch benchmark (results belong in docs/benchmarks.md)
 #   make labext  rebuild the JupyterLab sidebar (labextension/, needs Node.js) after editing it
@@ -18,7 +20,7 @@ LABEXT_SRC = labextension/package.json labextension/yarn.lock labextension/schem
 # already satisfied. An unpinned torch resolves to a multi-GB CUDA build on Linux.
 TORCH = torch==2.13.0
 
-.PHONY: venv run test bench lab labext chromium clean
+.PHONY: venv run test lint bench lab labext chromium clean
 
 venv: $(STAMP)
 
@@ -49,8 +51,13 @@ $(LABEXT): $(LABEXT_SRC)
 run: venv
 	$(BIN)/lepton run templates/quickstart.ipynb
 
-test: venv $(LABEXT) chromium
+test: lint $(LABEXT) chromium
 	$(BIN)/python -m pytest tests -q
+
+# The layers (adapters -> features -> remote -> ground) are the contracts in pyproject.toml.
+lint: venv
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check lepton_lab bench tests
 
 # The browser tests drive the system Chromium (never `playwright install`). On a fresh Debian
 # machine where we are root, install it; elsewhere the browser tests skip and say why.

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import (kill_pids, kill_session, on_emergency, phase, wait_session_gone,
-                      watchdog)
+from _harness import kill_pids, kill_session, on_emergency, phase, wait_session_gone, watchdog
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

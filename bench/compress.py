@@ -130,8 +130,7 @@ def int8_paths(model: Any, Xtr: Any, Xte: Any, Yte: Any, budget: float) -> list[
     """Part 3: every int8 path on CPU, timed together with the same harness as compress()."""
     import copy
 
-    from lepton_lab.compress import Variant
-    from lepton_lab.compress import _export, _measure, _quantize
+    from lepton_lab.compress import Variant, _export, _measure, _quantize
 
     q = _quantize._torchao()
     variants = [Variant("torch fp32", module=model)]

@@ -40,9 +40,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 from _cold import head_pid, log, part4  # noqa: E402
-from _harness import (MiB, descendants, format_facts, interleaved, kill_pids,  # noqa: E402
-                      kill_session, machine_facts, on_emergency, phase, quiet,
-                      wait_session_gone, watchdog)
+from _harness import (  # noqa: E402
+    MiB,
+    descendants,
+    format_facts,
+    interleaved,
+    kill_pids,
+    kill_session,
+    machine_facts,
+    on_emergency,
+    phase,
+    quiet,
+    wait_session_gone,
+    watchdog,
+)
 from _report import report  # noqa: E402
 
 TRIVIAL = "z = 1"

@@ -45,11 +45,29 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 from _cold import head_pid, log  # noqa: E402
-from _harness import (descendants, format_facts, kill_pids, kill_session,  # noqa: E402
-                      machine_facts, on_emergency, phase, table, wait_session_gone, watchdog)
+from _harness import (  # noqa: E402
+    descendants,
+    format_facts,
+    kill_pids,
+    kill_session,
+    machine_facts,
+    on_emergency,
+    phase,
+    table,
+    wait_session_gone,
+    watchdog,
+)
 from _report import verdict  # noqa: E402
-from _serve_load import (NPY, alternate, baseline_server, deploy_floor, free_port,  # noqa: E402
-                         load, start_baseline, stop_baseline)
+from _serve_load import (  # noqa: E402
+    NPY,
+    alternate,
+    baseline_server,
+    deploy_floor,
+    free_port,
+    load,
+    start_baseline,
+    stop_baseline,
+)
 
 HIDDEN = 2048
 GOAL_OVERHEAD_MS = 2.0

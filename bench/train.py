@@ -54,11 +54,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 from _cold import head_pid, log  # noqa: E402
-from _harness import (descendants, format_facts, interleaved, kill_pids,  # noqa: E402
-                      kill_session, machine_facts, on_emergency, phase, quiet,
-                      wait_session_gone, watchdog)
-from _train_cases import (BATCH, LOOP_SRC, SIZE, TINY, cell_body, load_data,  # noqa: E402
-                          loop_namespace)
+from _harness import (  # noqa: E402
+    descendants,
+    format_facts,
+    interleaved,
+    kill_pids,
+    kill_session,
+    machine_facts,
+    on_emergency,
+    phase,
+    quiet,
+    wait_session_gone,
+    watchdog,
+)
+from _train_cases import BATCH, LOOP_SRC, SIZE, TINY, cell_body, load_data, loop_namespace  # noqa: E402
 from _train_report import report  # noqa: E402
 
 
