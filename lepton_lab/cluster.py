@@ -5,26 +5,37 @@ process session, recorded in ``$LEPTON_HOME/cluster.json``. It outlives the kern
 started it, so detached jobs survive kernel restarts and every kernel, the CLI and the
 Jupyter server share one cluster. An explicit address (``RAY_ADDRESS``, ``%lepton connect``)
 never falls back to the embedded cluster: if it cannot be reached, that is an error.
+
+This module is the connection API. Ground modules do the rest, and their public names (and
+the private ones that other modules and tests use) are re-exported here: ``_embedded``
+starts, finds and kills the embedded cluster; ``_ray_auth`` switches this driver between the
+embedded cluster's token authentication and the user's; ``_probe`` checks that an address
+answers and which versions the nodes run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+# connect(), check_versions() and stop_embedded() look these names up in this module, so
+# patching lepton_lab.cluster.start_embedded or .local_versions (as tests and bench do)
+# still takes effect
+from ._embedded import _kill_group, _state_file, embedded_state, start_embedded  # noqa: F401
+from ._probe import (  # noqa: F401
+    _reachable,
+    _split_host_port,
+    compare_versions,
+    local_versions,
+    probe_nodes,
+)
+from ._ray_auth import _embedded_token_path, _use_embedded_auth, _use_user_auth  # noqa: F401
 from .config import get_config
 from .errors import ClusterUnavailable, LeptonUsageError, VersionMismatch
 
@@ -52,172 +63,7 @@ _CONN: Connection | None = None
 _LOCK = threading.RLock()
 
 
-# -- helpers ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _split_host_port(address: str) -> tuple[str, int]:
-    rest = address.split("://", 1)[-1]
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit():
-        raise LeptonUsageError(
-            f"cluster address {address!r} is not host:port or ray://host:port, "
-            "e.g. `%lepton connect 10.0.0.5:6379` or `%lepton connect ray://head:10001`"
-        )
-    return host or "127.0.0.1", int(port)
-
-
-def _reachable(address: str, timeout: float) -> bool:
-    """TCP probe. A refused connection (nothing listens) gives up after 3 s, since a head that
-    is still starting opens its port within that; an unanswered one waits ``timeout``."""
-    host, port = _split_host_port(address)
-    start = time.monotonic()
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=min(1.0, timeout)):
-                return True
-        except ConnectionRefusedError:
-            if time.monotonic() - start >= min(3.0, timeout):
-                return False
-        except OSError:
-            if time.monotonic() - start >= timeout:
-                return False
-        time.sleep(0.2)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _state_file() -> Path:
-    return get_config().home_path / "cluster.json"
-
-
-def embedded_state() -> dict[str, Any] | None:
-    """The recorded embedded cluster, if its head process is still alive."""
-    path = _state_file()
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not _pid_alive(int(state.get("pid", -1))):
-        return None
-    return state
-
-
 # -- the embedded cluster --------------------------------------------------------------------
-def _ray_executable() -> str:
-    candidate = Path(sys.executable).parent / "ray"
-    if candidate.exists():
-        return str(candidate)
-    import shutil
-
-    found = shutil.which("ray")
-    if not found:
-        raise ClusterUnavailable("the `ray` command is not installed; `pip install 'ray[default]'`")
-    return found
-
-
-def start_embedded(timeout: float | None = None) -> dict[str, Any]:
-    """Start (or find) the embedded local Ray head; returns its recorded state.
-
-    Ray gives its own processes 30 s to register; on an overloaded machine that can fail,
-    so one such failure is retried.
-    """
-    try:
-        return _start_embedded(timeout)
-    except ClusterUnavailable as exc:
-        if "timed out during startup" not in str(exc):
-            raise
-        log.warning("the embedded Ray cluster timed out during startup; retrying once")
-        return _start_embedded(timeout)
-
-
-def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
-    """Start (or find) the embedded local Ray head; returns its recorded state.
-
-    A file lock makes concurrent kernels share one start instead of racing two clusters.
-    """
-    cfg = get_config()
-    timeout = cfg.start_timeout if timeout is None else timeout
-    home = cfg.home_path
-    with open(home / "cluster.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        state = embedded_state()
-        if state and _reachable(state["address"], 2.0):
-            return state
-        port, dash, client, agent = (_free_port() for _ in range(4))
-        logfile = home / "cluster.log"
-        cmd = [
-            _ray_executable(), "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1",
-            "--port", str(port),
-            "--ray-client-server-port", str(client),
-            "--dashboard-agent-listen-port", str(agent),
-            "--disable-usage-stats",
-        ]
-        if cfg.dashboard:
-            cmd += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", str(dash)]
-        else:
-            cmd += ["--include-dashboard", "false"]
-        env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
-                        {**_embedded_auth_env(), "RAY_ADDRESS": None})
-        out = open(logfile, "w")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if "Ray runtime started" in logfile.read_text(errors="replace"):
-                break
-            if proc.poll() is not None:
-                tail = logfile.read_text(errors="replace")[-600:]
-                raise ClusterUnavailable(f"the embedded Ray cluster failed to start (see {logfile}): "
-                                         f"{tail.strip().splitlines()[-1] if tail.strip() else 'no output'}")
-            if time.monotonic() > deadline:
-                _kill_group(proc.pid)
-                raise ClusterUnavailable(
-                    f"the embedded Ray cluster did not start within {timeout:.0f} s (see {logfile})")
-            time.sleep(0.1)
-        state = {
-            "address": f"127.0.0.1:{port}",
-            "client_address": f"ray://127.0.0.1:{client}",
-            "dashboard_url": f"http://127.0.0.1:{dash}" if cfg.dashboard else None,
-            "pid": proc.pid,
-            "started": time.time(),
-            "log": str(logfile),
-        }
-        _state_file().write_text(json.dumps(state, indent=1))
-        return state
-
-
-def _kill_group(pgid: int, grace: float = 3.0) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _pid_alive(pgid):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:  # reap it if it is our child (no zombie left behind)
-        try:
-            if os.waitpid(pgid, os.WNOHANG)[0]:
-                break
-        except (ChildProcessError, OSError):
-            break
-        time.sleep(0.05)
-
-
 def stop_embedded() -> bool:
     """Stop the embedded cluster (every Lepton kernel on this machine loses it). True if one ran."""
     state = embedded_state()
@@ -232,77 +78,7 @@ def stop_embedded() -> bool:
     return True
 
 
-_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-# the user's own Ray auth settings while the embedded cluster's are applied in this process
-_user_auth: dict[str, str | None] | None = None
-
-
-def _embedded_token_path() -> Path:
-    """The embedded cluster's token: one per LEPTON_HOME, readable by its owner only.
-
-    `ray start` refuses to create a token itself, and ~/.ray/auth_token belongs to the user's
-    other clusters, so the embedded cluster keeps its own beside its state.
-    """
-    path = get_config().home_path / "ray_auth_token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path
-
-
-def _embedded_auth_env() -> dict[str, str | None]:
-    """Ray token authentication for the embedded cluster; None means: unset the variable."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_embedded_token_path()),
-            "RAY_AUTH_TOKEN": None}
-
-
-def _with_env(base: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
-    env = dict(base)
-    for k, v in changes.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    return env
-
-
 # -- connecting ------------------------------------------------------------------------------
-def _use_embedded_auth() -> None:
-    global _user_auth
-    if _user_auth is None:
-        _user_auth = {k: os.environ.get(k) for k in _AUTH_VARS}
-    _apply_auth_env(_embedded_auth_env())
-
-
-def _use_user_auth() -> None:
-    """The user's settings for their own cluster, re-applied even when unchanged in case Ray
-    was imported before they were set."""
-    global _user_auth
-    env, _user_auth = _user_auth, None
-    _apply_auth_env(env if env is not None else {}, force=True)
-
-
-def _apply_auth_env(env: dict[str, str | None], force: bool = False) -> None:
-    """Switch this driver to a cluster's auth settings even if Ray was imported earlier.
-
-    Ray caches RAY_AUTH_MODE and the token in C++ when first imported; it refreshes those caches
-    the same way when it enables token auth itself, so do that too (best effort on other versions).
-    """
-    if not force and all(os.environ.get(k) == v for k, v in env.items()):
-        return
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    with contextlib.suppress(Exception):
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-
-
 _CLIENT_TRIES = 3
 _TRANSIENT_CLIENT = ("Starting Ray client server failed", "Proxy failed to Connect")
 
@@ -436,88 +212,6 @@ def ensure_connected() -> Connection:
 
 
 # -- versions --------------------------------------------------------------------------------
-_PROBE_SRC = '''
-def probe():
-    import importlib.metadata as md, platform, shutil, subprocess, sys, os, socket
-    def v(name):
-        try:
-            return md.version(name)
-        except Exception:
-            return None
-    gpus = []
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,memory.used,"
-                                  "utilization.gpu", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=10).stdout
-            for line in out.strip().splitlines():
-                name, total, used, util = [p.strip() for p in line.split(",")]
-                gpus.append({"name": name, "memory_total_mb": float(total),
-                             "memory_used_mb": float(used), "utilization": float(util)})
-        except Exception:
-            pass
-    return {"python": platform.python_version(), "cloudpickle": v("cloudpickle"),
-            "torch": v("torch"), "lepton_lab": v("lepton-lab"), "ray": v("ray"),
-            "hostname": socket.gethostname(), "gpus": gpus}
-'''
-
-
-def _make_probe():
-    # Built from source in a throw-away module so cloudpickle ships it by value: the probe
-    # must run even where lepton_lab is missing, to say so.
-    ns: dict[str, Any] = {"__name__": "_lepton_probe"}
-    exec(compile(_PROBE_SRC, "<lepton-probe>", "exec"), ns)
-    return ns["probe"]
-
-
-def local_versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-    import platform
-
-    def v(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    return {"python": platform.python_version(), "cloudpickle": v("cloudpickle"),
-            "torch": v("torch"), "lepton_lab": v("lepton-lab")}
-
-
-def compare_versions(local: dict[str, Any], remote: dict[str, Any]) -> list[str]:
-    """Human-readable differences that break shipping cells (Python compared by minor version)."""
-    diffs = []
-    for key in ("python", "cloudpickle", "torch", "lepton_lab"):
-        a, b = local.get(key), remote.get(key)
-        if key == "python" and a and b:
-            same = a.split(".")[:2] == b.split(".")[:2]
-        else:
-            same = a == b
-        if not same:
-            diffs.append(f"{key} {a or 'missing'} (kernel) vs {b or 'missing'} (cluster)")
-    return diffs
-
-
-def probe_nodes(timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-    """Run the probe once on every alive node; node id -> versions and GPU facts."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    probe = ray.remote(num_cpus=0, max_retries=0)(_make_probe())
-    refs = {}
-    for node in ray.nodes():
-        if node.get("Alive"):
-            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-            refs[node["NodeID"]] = probe.options(scheduling_strategy=strategy).remote()
-    ready, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
-    if pending:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise ClusterUnavailable(f"{len(pending)} cluster node(s) did not answer a version probe "
-                                 f"within {timeout:.0f} s; check `ray status` on the cluster")
-    return {nid: ray.get(ref) for nid, ref in refs.items()}
-
-
 def _versions_cache_key(local: dict[str, Any]) -> str:
     import ray
 

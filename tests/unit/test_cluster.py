@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lepton_lab import cluster
+from lepton_lab import _ray_auth, cluster
 from lepton_lab.config import get_config, reset_config
 from lepton_lab.errors import ClusterUnavailable, LeptonUsageError
 
@@ -191,7 +191,8 @@ def test_embedded_auth_is_undone_for_the_users_cluster(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "users-own-token")
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    monkeypatch.setattr(cluster, "_user_auth", None)
+    # the saved user settings live in the auth module; lepton_lab.cluster re-exports the functions
+    monkeypatch.setattr(_ray_auth, "_user_auth", None)
     cluster._use_embedded_auth()
     assert "RAY_AUTH_TOKEN" not in os.environ
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(cluster._embedded_token_path())

@@ -1,0 +1,170 @@
+"""The embedded local Ray cluster: starting it, finding it, and killing its process group.
+
+The embedded cluster is a real Ray head started with ``ray start --head --block`` in its own
+process session, recorded in ``$LEPTON_HOME/cluster.json``. It outlives the kernel that
+started it, so detached jobs survive kernel restarts and every kernel, the CLI and the
+Jupyter server share one cluster.
+
+A ground module: it imports nothing from lepton_lab but :mod:`lepton_lab.config`,
+:mod:`lepton_lab.errors` and the other ground modules. Disconnecting this process before the
+cluster goes away is the connection API's part (:func:`lepton_lab.cluster.stop_embedded`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._probe import _reachable
+from ._ray_auth import _embedded_auth_env, _with_env
+from .config import get_config
+from .errors import ClusterUnavailable
+
+log = logging.getLogger("lepton_lab")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _state_file() -> Path:
+    return get_config().home_path / "cluster.json"
+
+
+def embedded_state() -> dict[str, Any] | None:
+    """The recorded embedded cluster, if its head process is still alive."""
+    path = _state_file()
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not _pid_alive(int(state.get("pid", -1))):
+        return None
+    return state
+
+
+# -- the embedded cluster --------------------------------------------------------------------
+def _ray_executable() -> str:
+    candidate = Path(sys.executable).parent / "ray"
+    if candidate.exists():
+        return str(candidate)
+    import shutil
+
+    found = shutil.which("ray")
+    if not found:
+        raise ClusterUnavailable("the `ray` command is not installed; `pip install 'ray[default]'`")
+    return found
+
+
+def start_embedded(timeout: float | None = None) -> dict[str, Any]:
+    """Start (or find) the embedded local Ray head; returns its recorded state.
+
+    Ray gives its own processes 30 s to register; on an overloaded machine that can fail,
+    so one such failure is retried.
+    """
+    try:
+        return _start_embedded(timeout)
+    except ClusterUnavailable as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        log.warning("the embedded Ray cluster timed out during startup; retrying once")
+        return _start_embedded(timeout)
+
+
+def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
+    """Start (or find) the embedded local Ray head; returns its recorded state.
+
+    A file lock makes concurrent kernels share one start instead of racing two clusters.
+    """
+    cfg = get_config()
+    timeout = cfg.start_timeout if timeout is None else timeout
+    home = cfg.home_path
+    with open(home / "cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = embedded_state()
+        if state and _reachable(state["address"], 2.0):
+            return state
+        port, dash, client, agent = (_free_port() for _ in range(4))
+        logfile = home / "cluster.log"
+        cmd = [
+            _ray_executable(), "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1",
+            "--port", str(port),
+            "--ray-client-server-port", str(client),
+            "--dashboard-agent-listen-port", str(agent),
+            "--disable-usage-stats",
+        ]
+        if cfg.dashboard:
+            cmd += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                    "--dashboard-port", str(dash)]
+        else:
+            cmd += ["--include-dashboard", "false"]
+        env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+                        {**_embedded_auth_env(), "RAY_ADDRESS": None})
+        out = open(logfile, "w")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if "Ray runtime started" in logfile.read_text(errors="replace"):
+                break
+            if proc.poll() is not None:
+                tail = logfile.read_text(errors="replace")[-600:]
+                raise ClusterUnavailable(f"the embedded Ray cluster failed to start (see {logfile}): "
+                                         f"{tail.strip().splitlines()[-1] if tail.strip() else 'no output'}")
+            if time.monotonic() > deadline:
+                _kill_group(proc.pid)
+                raise ClusterUnavailable(
+                    f"the embedded Ray cluster did not start within {timeout:.0f} s (see {logfile})")
+            time.sleep(0.1)
+        state = {
+            "address": f"127.0.0.1:{port}",
+            "client_address": f"ray://127.0.0.1:{client}",
+            "dashboard_url": f"http://127.0.0.1:{dash}" if cfg.dashboard else None,
+            "pid": proc.pid,
+            "started": time.time(),
+            "log": str(logfile),
+        }
+        _state_file().write_text(json.dumps(state, indent=1))
+        return state
+
+
+def _kill_group(pgid: int, grace: float = 3.0) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _pid_alive(pgid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # reap it if it is our child (no zombie left behind)
+        try:
+            if os.waitpid(pgid, os.WNOHANG)[0]:
+                break
+        except (ChildProcessError, OSError):
+            break
+        time.sleep(0.05)
