@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import base64
 import concurrent.futures
+import contextlib
 import copy
 import ctypes
 import io
@@ -386,7 +387,7 @@ def execute(payload: dict[str, Any], ns: dict[str, Any], emitter: Emitter) -> di
         _prepare_matplotlib(source)
         _patch_ipython_display(source)
         body, last = _compile(source, filename)
-        with _FdCapture(emitter) if payload.get("capture_fd", True) else _nullcontext():
+        with _FdCapture(emitter) if payload.get("capture_fd", True) else contextlib.nullcontext():
             sys.stdout, sys.stderr = _TextStream(emitter, "stdout"), _TextStream(emitter, "stderr")
             try:
                 exec(body, ns)
@@ -436,14 +437,6 @@ def _cell_ended() -> None:
             fn()
         except Exception:  # noqa: BLE001 - never turn a finished cell into a failure here
             pass
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _resolve_values(values: dict[str, Any]) -> dict[str, Any]:
