@@ -47,6 +47,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def worker_range(text: str) -> tuple[int, int]:
+    """``N`` (a fixed number of workers) or ``MIN-MAX`` (elastic: start with what is there,
+    at least MIN, and grow or shrink between the two)."""
+    lo, sep, hi = text.partition("-")
+    try:
+        lo_n, hi_n = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or MIN-MAX (e.g. 2 or 2-4)") \
+            from None
+    if lo_n < 1 or hi_n < lo_n:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= MAX (e.g. 2-4)")
+    return lo_n, hi_n
+
+
 def real(text: str) -> float:
     """Any number (its range is checked where it is used)."""
     try:

@@ -13,12 +13,19 @@ from ._parsing import UsageParser as _Parser
 from ._parsing import names as _names
 from ._parsing import number as _number
 from ._parsing import positive_int as _positive_int
+from ._parsing import worker_range as _worker_range
 
 TRAIN_EXAMPLES = """examples:
   %%lepton train --workers 2 --max-failures 1
   %%lepton train --workers 4 --gpus-per-worker 1 --bf16 --checkpoint-every 2
   %%lepton train --resume-from 1123-ab12cd34 --metric val_acc --mode max
   %%lepton train --workers 2 --detach --name nightly    (then: %lepton attach nightly)
+  %%lepton train --workers 2 --strategy fsdp            (shards parameters, gradients and
+                                                         optimizer state over the ranks)
+  %%lepton train --workers 2-3 --max-failures 2         (elastic: goes on with 2 if a node
+                                                         is lost, grows back to 3)
+  %%lepton train --workers 2 --dp-epsilon 3             (differential privacy, Opacus; the
+                                                         cell calls lepton.training.make_private)
 """
 
 TUNE_EXAMPLES = """examples (the cell declares `search_space`; the rest reads `config[...]`):
@@ -32,10 +39,34 @@ TUNE_EXAMPLES = """examples (the cell declares `search_space`; the rest reads `c
 def train_parser():
     p = _Parser(prog="%%lepton train", add_help=False, allow_abbrev=False,
                 description="Run this cell as the per-worker loop of a Ray Train job "
-                            "(DDP; fault tolerant; checkpoints to storage).",
+                            "(DDP or FSDP; fault tolerant, elastic; checkpoints to storage).",
                 epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                   help="training workers (ranks); default 1")
+    p.add_argument("--workers", type=_worker_range, default=(1, 1), metavar="N|MIN-MAX",
+                   help="training workers (ranks); default 1. MIN-MAX is elastic: the run "
+                        "starts with what is free (at least MIN), goes on with fewer after a "
+                        "lost node (needs --max-failures) and grows back up to MAX")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+                   help="ddp: every rank holds the whole model (default). fsdp: parameters, "
+                        "gradients and optimizer state are sharded over the ranks (PyTorch "
+                        "FSDP2), for models too big for one device; checkpoints are sharded "
+                        "and resume on any number of ranks")
+    p.add_argument("--fsdp-min-params", type=_positive_int, default=None, metavar="N",
+                   help="with fsdp: shard each submodule of at least N parameters as its own "
+                        "unit (default 100000); prepare_model(..., shard_modules=[...]) picks "
+                        "them by hand")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="with fsdp: keep the sharded parameters and optimizer state in CPU "
+                        "memory between uses (saves GPU memory, costs speed)")
+    p.add_argument("--dp-epsilon", type=_number, metavar="E",
+                   help="differential privacy (Opacus): train to this privacy budget; the "
+                        "cell calls lepton.training.make_private(model, optimizer, loader, "
+                        "epochs=N). Not with --strategy fsdp (Opacus does not support it)")
+    p.add_argument("--dp-delta", type=_number, default=None, metavar="D",
+                   help="with --dp-epsilon: the delta of (epsilon, delta)-DP; default 1e-5, "
+                        "keep it below 1 / (number of training samples)")
+    p.add_argument("--max-grad-norm", type=_number, default=None, metavar="C",
+                   help="with --dp-epsilon: clip each sample's gradient to this norm; "
+                        "default 1.0")
     p.add_argument("--gpus-per-worker", type=_number, default=0.0, metavar="G",
                    help="GPUs per worker (NCCL between GPUs, gloo on CPUs); default 0")
     p.add_argument("--cpus-per-worker", type=_number, default=1.0, metavar="C",
@@ -114,7 +145,15 @@ def parse_train_line(words: list[str]):
         return None
     if args.no_pull and args.out:
         raise LeptonUsageError("--out and --no-pull contradict each other; use one of them")
-    return TrainSpec(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+    if args.dp_epsilon is None and (args.dp_delta is not None
+                                    or args.max_grad_norm is not None):
+        raise LeptonUsageError("--dp-delta and --max-grad-norm go with --dp-epsilon E; add "
+                               "it, or drop them")
+    return TrainSpec(workers=args.workers[0], max_workers=args.workers[1],
+                     strategy=args.strategy, fsdp_min_params=args.fsdp_min_params,
+                     cpu_offload=args.cpu_offload, dp_epsilon=args.dp_epsilon,
+                     dp_delta=args.dp_delta, max_grad_norm=args.max_grad_norm,
+                     cpus_per_worker=args.cpus_per_worker,
                      gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures,
                      checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, storage=args.storage,

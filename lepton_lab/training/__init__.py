@@ -12,22 +12,20 @@
             report(loss=loss.item())                   # live progress, curves and warnings
 """
 
+from ._checkpoint import epochs, load_checkpoint, save_checkpoint
 from ._helpers import (
-                       TrainingStopped,
-                       autocast,
-                       device,
-                       epochs,
-                       history,
-                       is_main,
-                       load_checkpoint,
-                       prepare_loader,
-                       prepare_model,
-                       rank,
-                       report,
-                       reset,
-                       save_checkpoint,
-                       shard,
-                       world_size,
+    TrainingStopped,
+    autocast,
+    device,
+    history,
+    is_main,
+    prepare_loader,
+    prepare_model,
+    rank,
+    report,
+    reset,
+    shard,
+    world_size,
 )
 
 __all__ = ["TrainingStopped", "autocast", "device", "epochs", "history", "is_main",

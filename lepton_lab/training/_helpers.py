@@ -8,12 +8,9 @@ is plain "interactive" in a warm group or a local process.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import deque
 from typing import Any, Iterator
@@ -40,6 +37,10 @@ class _Run:
         self.stop_on_nan = bool(opts.get("stop_on_nan"))
         self.bf16 = bool(opts.get("bf16"))
         self.attempt = int(opts.get("attempt") or 1)
+        self.strategy = opts.get("strategy") or "ddp"         # prepare_model's default
+        self.fsdp_min_params = opts.get("fsdp_min_params")
+        self.cpu_offload = bool(opts.get("cpu_offload"))
+        self.privacy: dict[str, float] | None = opts.get("privacy")  # --dp-epsilon & co
         self.resume: Any = opts.get("resume")         # checkpoint dict for transfer learning
         self.epochs: int | None = None
         self.epoch: int | None = None
@@ -344,140 +345,3 @@ def reset() -> None:
     """Forget the history and the training context (a fresh interactive run)."""
     _HISTORY.clear()
     configure("interactive")
-
-
-# -- epochs and checkpoints -------------------------------------------------------------------
-def epochs(n: int, **state: Any) -> Iterator[int]:
-    """Iterate over epochs ``0..n-1`` with progress, checkpoints and resumption::
-
-        for epoch in lepton.training.epochs(15, model=model, optimizer=opt):
-            for x, y in loader:
-                ...
-
-    ``state`` names the objects to checkpoint (anything with ``state_dict``). Under
-    ``%%lepton train`` a checkpoint is saved every ``--checkpoint-every`` epochs and after the
-    last; after a worker failure the run restarts here from the latest checkpoint, and
-    ``--resume-from`` loads an earlier run's weights before epoch 0 (transfer learning).
-    """
-    run = _RUN
-    run.epochs = int(n)
-    first = 0
-    restart = _restart_checkpoint()
-    if restart is not None:
-        _load_states(state, restart.get("state", {}))
-        first = int(restart.get("epoch", -1)) + 1
-        print(f"lepton: resumed from the checkpoint of epoch {first - 1} "
-              f"(attempt {run.attempt})", file=sys.stderr)
-    elif run.resume is not None:
-        _load_states(state, run.resume.get("state", {}), strict=False)
-    for epoch in range(first, run.epochs):
-        run.epoch, run.step_in_epoch = epoch, 0
-        yield epoch
-        due = epoch == run.epochs - 1 or (epoch + 1) % run.checkpoint_every == 0
-        if run.mode in ("train", "tune") and state and due:
-            save_checkpoint(epoch=epoch, **state)
-        elif run.mode == "tune":
-            from ray import tune
-
-            tune.report(dict(run.latest, epoch=epoch))
-    run.epoch = run.epochs
-    _emit(force=True)
-
-
-def _state_of(obj: Any) -> Any:
-    obj = getattr(obj, "module", obj)  # DDP: save the plain model's keys
-    return obj.state_dict() if hasattr(obj, "state_dict") else obj
-
-
-def _load_states(objects: dict[str, Any], saved: dict[str, Any], strict: bool = True) -> None:
-    for name, obj in objects.items():
-        if name not in saved:
-            continue
-        target = getattr(obj, "module", obj)
-        if hasattr(target, "load_state_dict"):
-            if strict or not hasattr(target, "named_parameters"):
-                target.load_state_dict(saved[name])
-            else:
-                # transfer learning: take the layers whose shapes still match
-                own = target.state_dict()
-                fit = {k: v for k, v in saved[name].items()
-                       if k in own and getattr(v, "shape", None) == own[k].shape}
-                target.load_state_dict(fit, strict=False)
-
-
-def save_checkpoint(epoch: int | None = None, *, metrics: dict[str, float] | None = None,
-                    path: str | None = None, **objects: Any) -> None:
-    """Checkpoint ``objects`` (their ``state_dict``) with ``epoch`` and the latest metrics.
-
-    Under ``%%lepton train`` every rank must call it (Ray Train registers the checkpoint
-    once all ranks have); rank 0's copy is kept. Elsewhere give ``path`` (a file).
-    """
-    import torch
-
-    run = _RUN
-    metrics = dict(run.latest if metrics is None else metrics)
-    if epoch is not None:
-        metrics["epoch"] = epoch
-    blob = {"epoch": epoch, "metrics": metrics,
-            "state": {name: _state_of(obj) for name, obj in objects.items()}}
-    if path is not None:
-        torch.save(blob, path)
-        return
-    if run.mode == "train":
-        from ray import train
-
-        if is_main():
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save(blob, os.path.join(tmp, CHECKPOINT_FILE))
-                train.report(metrics, checkpoint=train.Checkpoint.from_directory(tmp))
-        else:
-            train.report(metrics)
-    elif run.mode == "tune":
-        from ray import tune
-
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(blob, os.path.join(tmp, CHECKPOINT_FILE))
-            tune.report(dict(metrics, step=run.step),
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
-    else:
-        raise ValueError("save_checkpoint(path=...) needs a file path outside %%lepton train")
-
-
-def _read_checkpoint_dir(directory: str) -> dict[str, Any]:
-    import torch
-
-    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
-                      weights_only=False)
-
-
-def _restart_checkpoint() -> dict[str, Any] | None:
-    """The latest checkpoint of this run after a restart (Ray Train or Tune), if any."""
-    run = _RUN
-    if run.mode not in ("train", "tune"):
-        return None
-    if run.mode == "train":
-        from ray import train
-
-        ckpt = train.get_checkpoint()
-    else:
-        from ray import tune
-
-        ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        return _read_checkpoint_dir(d)
-
-
-def load_checkpoint(source: str | bytes | None = None) -> dict[str, Any] | None:
-    """A checkpoint as a dict (``epoch``, ``metrics``, ``state``): from a file or directory
-    ``source``, or (None) this run's restart checkpoint, else its ``--resume-from``."""
-    import torch
-
-    if source is None:
-        return _restart_checkpoint() or _RUN.resume
-    if isinstance(source, bytes):
-        return torch.load(io.BytesIO(source), map_location="cpu", weights_only=False)
-    if os.path.isdir(source):
-        return _read_checkpoint_dir(source)
-    return torch.load(source, map_location="cpu", weights_only=False)

@@ -108,7 +108,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray
     from ray import train
 
-    from . import _helpers
+    from . import _checkpoint, _helpers
 
     hub, payload, opts = config["hub"], config["payload"], config["opts"]
     _quiet_ray_train_logs()
@@ -118,9 +118,11 @@ def train_loop(config: dict[str, Any]) -> None:
     resume = opts.get("resume")
     if isinstance(resume, ray.ObjectRef):
         resume = ray.get(resume)
-    _helpers.configure("train", attempt=attempt, resume=_helpers.load_checkpoint(resume)
+    _helpers.configure("train", attempt=attempt, resume=_checkpoint.load_checkpoint(resume)
                        if resume is not None else None, **{
-                           k: opts.get(k) for k in ("checkpoint_every", "stop_on_nan", "bf16")})
+                           k: opts.get(k) for k in ("checkpoint_every", "stop_on_nan", "bf16",
+                                                    "strategy", "fsdp_min_params",
+                                                    "cpu_offload", "privacy")})
     emitter = _HubEmitter(hub, rank, float(payload.get("interval", 0.05)))
     ns = new_namespace()
     for name in opts.get("dataset_names") or ():   # this rank's shard of each Ray dataset
@@ -206,7 +208,8 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
     # print() in the cell goes to the cell only once (Ray Train would also log each line)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     emitter = Emitter()
-    folder = RankFolder(_EmitterSink(emitter), opts["workers"], opts.get("all_ranks", False),
+    folder = RankFolder(_EmitterSink(emitter), opts.get("max_workers") or opts["workers"],
+                        opts.get("all_ranks", False),
                         opts.get("tail_lines", 8))
     hub = ray.remote(num_cpus=0, max_concurrency=64)(Hub).remote()
     metric, mode = opts.get("metric"), opts.get("mode") or "min"
@@ -217,7 +220,10 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
         train_loop,
         train_loop_config={"hub": hub, "payload": payload, "opts": opts},
         datasets=datasets or None,
-        scaling_config=ScalingConfig(num_workers=opts["workers"],
+        # a (min, max) range makes Ray Train elastic: it starts with what is free and resizes
+        scaling_config=ScalingConfig(num_workers=(opts["workers"], opts["max_workers"])
+                                     if opts.get("max_workers", opts["workers"]) > opts["workers"]
+                                     else opts["workers"],
                                      use_gpu=bool(opts.get("gpus_per_worker")),
                                      resources_per_worker=dict(
                                          resources, **({"GPU": opts["gpus_per_worker"]}

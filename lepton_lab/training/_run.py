@@ -29,13 +29,21 @@ from ..remote._spec import CellSpec
 from ..store import get_store
 
 MODES = ("min", "max")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """What a ``%%lepton train`` cell asks for (built by the magic, the REST API or code)."""
 
-    workers: int = 1
+    workers: int = 1                    # the minimum with an elastic range
+    max_workers: int | None = None      # > workers: elastic (Ray Train resizes in between)
+    strategy: str = "ddp"               # "ddp" or "fsdp"
+    fsdp_min_params: int | None = None  # fsdp: a submodule this big is its own shard unit
+    cpu_offload: bool = False           # fsdp: sharded state lives in CPU memory
+    dp_epsilon: float | None = None     # differential privacy budget (Opacus)
+    dp_delta: float | None = None
+    max_grad_norm: float | None = None
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 0
@@ -58,6 +66,30 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 1024:
             raise LeptonUsageError(f"--workers {self.workers} must be between 1 and 1024")
+        if self.max_workers is not None and not self.workers <= self.max_workers <= 1024:
+            raise LeptonUsageError(f"--workers {self.workers}-{self.max_workers}: need "
+                                   "MIN <= MAX <= 1024")
+        if self.elastic and self.max_failures < 1:
+            raise LeptonUsageError(f"--workers {self.workers}-{self.max_workers} is elastic: "
+                                   "add --max-failures F (F >= 1) so the run can go on after a "
+                                   "lost worker")
+        if self.strategy not in STRATEGIES:
+            raise LeptonUsageError(f"--strategy {self.strategy!r} must be ddp or fsdp")
+        if self.strategy != "fsdp" and (self.cpu_offload or self.fsdp_min_params):
+            raise LeptonUsageError("--cpu-offload and --fsdp-min-params go with --strategy "
+                                   "fsdp")
+        if self.dp_epsilon is not None:
+            if self.strategy == "fsdp":
+                raise LeptonUsageError("--dp-epsilon does not work with --strategy fsdp "
+                                       "(Opacus supports DDP only); use --strategy ddp")
+            if not self.dp_epsilon > 0:
+                raise LeptonUsageError(f"--dp-epsilon {self.dp_epsilon:g} must be above 0 "
+                                       "(typical budgets are 1 to 10)")
+            if self.dp_delta is not None and not 0 < self.dp_delta < 1:
+                raise LeptonUsageError(f"--dp-delta {self.dp_delta:g} must be between 0 and 1 "
+                                       "(typically below 1 / the number of samples)")
+            if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+                raise LeptonUsageError(f"--max-grad-norm {self.max_grad_norm:g} must be above 0")
         if not 0 <= self.max_failures <= 1000:
             raise LeptonUsageError(f"--max-failures {self.max_failures} must be 0..1000 "
                                    "(-1 for unlimited is not offered: a broken cell would loop)")
@@ -71,6 +103,22 @@ class TrainSpec:
         # the rest (cpus, gpus, name, env, out, timeout) is validated by CellSpec's rules
         self.cell_spec()
 
+    @property
+    def elastic(self) -> bool:
+        return self.max_workers is not None and self.max_workers > self.workers
+
+    @property
+    def world(self) -> int:
+        """The most ranks the run will have (what it asks Ray Train for)."""
+        return self.max_workers or self.workers
+
+    def privacy(self) -> dict[str, float] | None:
+        """The differential-privacy settings the ranks get (None: no DP)."""
+        if self.dp_epsilon is None:
+            return None
+        return {"epsilon": self.dp_epsilon, "delta": self.dp_delta or 1e-5,
+                "max_grad_norm": self.max_grad_norm or 1.0}
+
     def cell_spec(self) -> CellSpec:
         """The per-worker request in CellSpec terms (validation, feasibility, payload)."""
         return CellSpec(cpus=self.cpus_per_worker, gpus=self.gpus_per_worker,
@@ -80,6 +128,8 @@ class TrainSpec:
     def resources(self) -> dict[str, Any]:
         d = self.cell_spec().resources()
         d.update(workers=self.workers, max_failures=self.max_failures)
+        if self.elastic:
+            d.update(max_workers=self.max_workers)
         return d
 
     def config(self) -> dict[str, Any]:
@@ -198,7 +248,9 @@ def _prepare(body: str, namespace: dict[str, Any], spec: TrainSpec, job_kind: st
     store.create_run(job_id, job_id=job_id, kind="train", name=spec.name,
                      config=spec.config(), storage=storage)
     cfg = get_config()
-    opts = {"workers": spec.workers, "cpus_per_worker": spec.cpus_per_worker,
+    opts = {"workers": spec.workers, "max_workers": spec.world, "strategy": spec.strategy,
+            "fsdp_min_params": spec.fsdp_min_params, "cpu_offload": spec.cpu_offload,
+            "privacy": spec.privacy(), "cpus_per_worker": spec.cpus_per_worker,
             "gpus_per_worker": spec.gpus_per_worker, "max_failures": spec.max_failures,
             "checkpoint_every": spec.checkpoint_every, "keep_checkpoints": spec.keep_checkpoints,
             "storage": storage, "run_id": job_id, "metric": spec.metric, "mode": spec.mode,

@@ -60,8 +60,31 @@ def test_train_flags_become_a_spec():
     assert parse_train_line(["--help"]) is None
 
 
+def test_strategy_elastic_and_privacy_flags():
+    from lepton_lab.notebook._train import parse_train_line
+
+    spec = parse_train_line("--workers 2-3 --max-failures 2 --strategy fsdp --cpu-offload "
+                            "--fsdp-min-params 5000".split())
+    assert (spec.workers, spec.max_workers, spec.world, spec.elastic) == (2, 3, 3, True)
+    assert (spec.strategy, spec.cpu_offload, spec.fsdp_min_params) == ("fsdp", True, 5000)
+    assert spec.resources()["max_workers"] == 3 and spec.privacy() is None
+    fixed = parse_train_line(["--workers", "2"])
+    assert (fixed.workers, fixed.world, fixed.elastic, fixed.strategy) == (2, 2, False, "ddp")
+    dp = parse_train_line("--dp-epsilon 3 --max-grad-norm 0.5".split())
+    assert dp.privacy() == {"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 0.5}
+
+
 @pytest.mark.parametrize("line, fragment", [
     ("--workers 0", "--workers"),
+    ("--workers 3-2", "MIN <= MAX"),
+    ("--workers 2-x", "MIN-MAX"),
+    ("--workers 2-3", "--max-failures"),
+    ("--strategy zero", "--strategy"),
+    ("--cpu-offload", "--strategy fsdp"),
+    ("--dp-epsilon 3 --strategy fsdp", "Opacus"),
+    ("--dp-epsilon 0", "--dp-epsilon"),
+    ("--dp-epsilon 1 --dp-delta 2", "--dp-delta"),
+    ("--dp-delta 1e-5", "--dp-epsilon"),
     ("--max-failures -1", "--max-failures"),
     ("--checkpoint-every 0", "--checkpoint-every"),
     ("--mode best", "--mode"),
