@@ -15,7 +15,6 @@ import ast
 import base64
 import concurrent.futures
 import contextlib
-import copy
 import ctypes
 import io
 import linecache
@@ -28,7 +27,7 @@ import time
 import traceback
 from typing import Any, Callable, Iterator
 
-import cloudpickle
+from ._values import pack_values, resolve_values
 
 MPL_BACKEND = "module://lepton_lab.remote._mpl_backend"
 
@@ -307,50 +306,6 @@ def new_namespace() -> dict[str, Any]:
     return ns
 
 
-def _identity(x: Any) -> Any:
-    return x
-
-
-class _CPUPickler(cloudpickle.Pickler):
-    """Pickles results for the kernel: tensors and modules on a GPU come back on the CPU."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            if isinstance(obj, torch.nn.parallel.DistributedDataParallel):
-                return _identity, (obj.module,)
-            if isinstance(obj, torch.Tensor) and obj.device.type not in ("cpu", "meta"):
-                return _identity, (obj.detach().cpu(),)
-            if isinstance(obj, torch.nn.Module) and any(
-                    t.device.type not in ("cpu", "meta")
-                    for t in list(obj.parameters()) + list(obj.buffers())):
-                return _identity, (copy.deepcopy(obj).cpu(),)
-        return super().reducer_override(obj)
-
-
-def pack_values(ns: dict[str, Any], names: list[str] | tuple[str, ...]) -> tuple[dict, dict]:
-    """Pickle the named values for the trip back; names that cannot travel are reported."""
-    import types
-
-    values: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
-    for name in names:
-        if name not in ns or name.startswith("__"):
-            continue
-        obj = ns[name]
-        if isinstance(obj, types.ModuleType):
-            values[name] = ("module", obj.__name__)
-            continue
-        buf = io.BytesIO()
-        try:
-            _CPUPickler(buf, protocol=5).dump(obj)
-        except Exception as exc:  # noqa: BLE001 - reported per name
-            skipped[name] = f"{type(obj).__name__} cannot be pickled ({str(exc)[:120]})"
-            continue
-        values[name] = ("pickle", buf.getvalue())
-    return values, skipped
-
-
 def _format_error(exc: BaseException, filename: str) -> dict[str, Any]:
     tb = exc.__traceback__
     first = tb
@@ -382,7 +337,7 @@ def execute(payload: dict[str, Any], ns: dict[str, Any], emitter: Emitter) -> di
     old_out, old_err = sys.stdout, sys.stderr
     _STATE.emitter = emitter
     try:
-        ns.update(_resolve_values(payload.get("values") or {}))
+        ns.update(resolve_values(payload.get("values") or {}))
         os.environ.update(dict(payload.get("env", ())))
         _prepare_matplotlib(source)
         _patch_ipython_display(source)
@@ -437,24 +392,6 @@ def _cell_ended() -> None:
             fn()
         except Exception:  # noqa: BLE001 - never turn a finished cell into a failure here
             pass
-
-
-def _resolve_values(values: dict[str, Any]) -> dict[str, Any]:
-    import importlib
-
-    out: dict[str, Any] = {}
-    refs = {}
-    for name, (kind, value) in values.items():
-        if kind == "module":
-            out[name] = importlib.import_module(value)
-        else:
-            refs[name] = value
-    if refs:
-        import ray
-
-        fetched = ray.get(list(refs.values()))
-        out.update(zip(refs.keys(), fetched))
-    return out
 
 
 def stream_cell(payload: dict[str, Any], ns: dict[str, Any], runner: CellThread,

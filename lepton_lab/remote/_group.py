@@ -19,9 +19,10 @@ from ..cluster import ensure_connected
 from ..config import get_config
 from ..errors import CellTimeout, ClusterUnavailable, JobCancelled, WorkerDied
 from ._analysis import analyze
-from ._executor import CellThread, new_namespace, pack_values, stream_cell
+from ._executor import CellThread, new_namespace, stream_cell
 from ._sink import LogTee, RankFolder, Sink
 from ._spec import CellSpec
+from ._values import pack_values
 
 GROUP_START_TIMEOUT = 180.0
 

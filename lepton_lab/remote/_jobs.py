@@ -348,7 +348,7 @@ def attach(ref: str, namespace: dict[str, Any], sink: Sink) -> JobRecord:
     """Replay a detached job's output, wait for it, and pull its variables into ``namespace``."""
     import ray
 
-    from ._runner import unpack_values
+    from ._values import unpack_values
 
     ensure_connected()
     job = get_store().find_job(ref)

@@ -9,8 +9,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import cloudpickle
-
 from ..cluster import ensure_connected
 from ..config import get_config
 from ..errors import (
@@ -26,6 +24,7 @@ from ..store import get_store
 from ._analysis import CellAnalysis, analyze, is_builtin
 from ._sink import LogTee, Sink
 from ._spec import CellSpec
+from ._values import unpack_values
 
 GiB = 1024**3
 
@@ -77,18 +76,6 @@ def ship_values(names: Iterable[str], namespace: dict[str, Any],
                 f" to the cluster: it cannot be pickled ({reason}). Create it inside the cell "
                 "instead; nothing was sent") from None
     return shipped
-
-
-def unpack_values(values: dict[str, tuple], skipped: dict[str, str]) -> dict[str, Any]:
-    import importlib
-
-    out: dict[str, Any] = {}
-    for name, (kind, blob) in values.items():
-        try:
-            out[name] = importlib.import_module(blob) if kind == "module" else cloudpickle.loads(blob)
-        except Exception as exc:  # noqa: BLE001 - e.g. a class only the cluster can import
-            skipped[name] = f"cannot be unpickled in the kernel ({str(exc)[:120]})"
-    return out
 
 
 # -- resources -------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ def run_tune_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[lis
                 "ename": "TuneError", "evalue": f"no trial reported {metric!r}: "
                 + (errors[0] if errors else str(exc)), "traceback": []}}
         else:
-            from ..remote._executor import pack_values
+            from ..remote._values import pack_values
 
             ns = {"best_config": dict(best.config), "tune_results": frame.reset_index(drop=True)}
             values, skipped = pack_values(ns, ["best_config", "tune_results"])

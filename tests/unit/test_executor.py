@@ -18,11 +18,11 @@ from lepton_lab.remote._executor import (
     execute,
     mimebundle,
     new_namespace,
-    pack_values,
     stream_cell,
 )
-from lepton_lab.remote._runner import build_payload, unpack_values
+from lepton_lab.remote._runner import build_payload
 from lepton_lab.remote._spec import CellSpec
+from lepton_lab.remote._values import pack_values, unpack_values
 
 DEFAULT_SPEC = CellSpec()
 
