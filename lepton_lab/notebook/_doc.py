@@ -47,6 +47,21 @@ Train with Ray Train (DDP, restarts from checkpoints, live curves; `%%lepton tra
 
     %%lepton train --workers 4 --detach --name nightly   # runs on; `%lepton attach nightly`
 
+A model too big for one device: shard parameters, gradients and optimizer state (FSDP2);
+checkpoints are sharded and resume on any number of ranks; `model` comes back whole::
+
+    %%lepton train --workers 4 --gpus-per-worker 1 --strategy fsdp
+    model = prepare_model(GPT(...), shard_modules=list(gpt.blocks))   # one unit per block
+
+Elastic, across nodes: start with what is free (2 to 4 ranks), go on after a lost node::
+
+    %%lepton train --workers 2-4 --max-failures 3
+
+Differential privacy (Opacus; the ε spent shows in the live view and the run)::
+
+    %%lepton train --workers 2 --dp-epsilon 3
+    model, opt, loader = lepton.training.make_private(model, opt, loader, epochs=10)
+
 Search hyperparameters with Ray Tune (`%%lepton tune -h`)::
 
     %%lepton tune --samples 8 --scheduler asha --metric acc --mode max

@@ -41,17 +41,33 @@ def render_curves(monitor: Any) -> bytes | None:
     return buf.getvalue()
 
 
+def _mib(n: Any) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n else "-"
+
+
 def rank_table(monitor: Any) -> str:
-    rates = monitor.rates()
-    if len(rates) < 2:
+    """Per rank: throughput (straggler flag) and memory (its parameters, gradients and
+    optimizer state, which FSDP shards, and its peak RSS or CUDA memory)."""
+    rates, memory = monitor.rates(), monitor.memory
+    ranks = sorted(set(rates) | set(memory))
+    if len(rates) < 2 and not memory:
         return ""
     slow = set(monitor.stragglers())
     flag = "<b style='color:#c62828'>straggler</b>"
-    rows = "".join(
-        f"<tr><td>rank {r}</td><td style='text-align:right'>{v:,.0f}/s</td>"
-        f"<td>{flag if r in slow else ''}</td></tr>"
-        for r, v in sorted(rates.items()))
-    return f"<table style='font-size:90%'><tr><th>rank</th><th>samples/s</th><th></th></tr>{rows}</table>"
+    right = "style='text-align:right'"
+    rows = []
+    for r in ranks:
+        m = memory.get(r, {})
+        state = sum(m.get(k, 0) for k in ("params", "grads", "optim"))
+        peak = m.get("cuda_peak") or m.get("peak_rss")
+        rate = f"{rates[r]:,.0f}/s" if r in rates else "-"
+        rows.append(f"<tr><td>rank {r}</td><td {right}>{rate}</td>"
+                    f"<td {right}>{_mib(state)}</td><td {right}>{_mib(peak)}</td>"
+                    f"<td>{flag if r in slow else ''}</td></tr>")
+    peak_name = "peak CUDA" if any(m.get("cuda_peak") for m in memory.values()) else "peak RSS"
+    return ("<table style='font-size:90%'><tr><th>rank</th><th>samples/s</th>"
+            f"<th title='parameters + gradients + optimizer state on this rank'>model state</th>"
+            f"<th>{peak_name}</th><th></th></tr>{''.join(rows)}</table>")
 
 
 class TrainView:

@@ -42,6 +42,8 @@ class TrainMonitor:
         self._new_warnings: list[str] = []
         self._window: dict[int, deque[tuple[int, float]]] = {}
         self._samples: dict[int, int] = {}
+        #: each rank's latest memory report: params/grads/optim bytes (its shards), peak RSS
+        self.memory: dict[int, dict[str, int]] = {}
         self.version = 0                               # bumps on every change, for redraws
 
     # -- input ---------------------------------------------------------------------------
@@ -62,6 +64,8 @@ class TrainMonitor:
         if seconds > 0:
             self._window.setdefault(rank, deque(maxlen=RATE_WINDOW)).append((samples, seconds))
         self._samples[rank] = self._samples.get(rank, 0) + samples
+        if payload.get("memory"):
+            self.memory[rank] = dict(payload["memory"])
         for text in payload.get("warnings") or ():
             self._warn(text if self.world == 1 else f"rank {rank}: {text}")
         if rank == 0:

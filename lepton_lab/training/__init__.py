@@ -4,6 +4,7 @@
     %%lepton train --workers 2 --max-failures 1
     from lepton_lab.training import epochs, prepare_loader, prepare_model, report
     model = prepare_model(Net())                       # on this rank's device, in DDP
+                                                       # (or sharded: --strategy fsdp)
     loader = prepare_loader((X, Y), batch_size=64)     # each rank gets its own shard
     opt = torch.optim.Adam(model.parameters())
     for epoch in epochs(10, model=model, optimizer=opt):   # checkpoints, resumes after a failure
@@ -17,8 +18,10 @@ from ._helpers import (
     TrainingStopped,
     autocast,
     device,
+    full_model,
     history,
     is_main,
+    memory_use,
     prepare_loader,
     prepare_model,
     rank,
@@ -28,6 +31,6 @@ from ._helpers import (
     world_size,
 )
 
-__all__ = ["TrainingStopped", "autocast", "device", "epochs", "history", "is_main",
-           "load_checkpoint", "prepare_loader", "prepare_model", "rank", "report", "reset",
-           "save_checkpoint", "shard", "world_size"]
+__all__ = ["TrainingStopped", "autocast", "device", "epochs", "full_model", "history",
+           "is_main", "load_checkpoint", "memory_use", "prepare_loader", "prepare_model", "rank",
+           "report", "reset", "save_checkpoint", "shard", "world_size"]

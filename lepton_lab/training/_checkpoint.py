@@ -34,15 +34,16 @@ def epochs(n: int, **state: Any) -> Iterator[int]:
     """
     run = h._RUN
     run.epochs = int(n)
+    run.optimizers = [o for o in state.values() if hasattr(o, "param_groups")]
     first = 0
     restart = _restart_checkpoint()
     if restart is not None:
-        _load_states(state, restart.get("state", {}))
+        _load_blob(state, restart)
         first = int(restart.get("epoch", -1)) + 1
         print(f"lepton: resumed from the checkpoint of epoch {first - 1} "
               f"(attempt {run.attempt})", file=sys.stderr)
     elif run.resume is not None:
-        _load_states(state, run.resume.get("state", {}), strict=False)
+        _load_blob(state, run.resume, strict=False)
     for epoch in range(first, run.epochs):
         run.epoch, run.step_in_epoch = epoch, 0
         yield epoch
@@ -54,6 +55,14 @@ def epochs(n: int, **state: Any) -> Iterator[int]:
 
             tune.report(dict(run.latest, epoch=epoch))
     run.epoch = run.epochs
+    if h._dist() is not None:
+        # the ranks are in step here: gather each sharded model whole (to rank 0), so it can
+        # come back to the notebook and the registry like a DDP model does
+        from ._fsdp import full_model, is_sharded
+
+        for obj in state.values():
+            if is_sharded(obj):
+                full_model(obj)
     h._emit(force=True)
 
 
@@ -62,12 +71,33 @@ def _state_of(obj: Any) -> Any:
     return obj.state_dict() if hasattr(obj, "state_dict") else obj
 
 
+def _load_blob(objects: dict[str, Any], blob: dict[str, Any], strict: bool = True) -> None:
+    """Load a checkpoint (see :func:`load_checkpoint`) into the objects given to epochs()."""
+    sharded = blob.get("sharded") or []
+    _load_states({n: o for n, o in objects.items() if n not in sharded}, blob.get("state", {}),
+                 strict)
+    if sharded:
+        from ._fsdp import load_sharded
+
+        load_sharded(blob["dir"], objects, sharded)
+
+
 def _load_states(objects: dict[str, Any], saved: dict[str, Any], strict: bool = True) -> None:
     for name, obj in objects.items():
         if name not in saved:
             continue
         target = getattr(obj, "module", obj)
-        if hasattr(target, "load_state_dict"):
+        if h._dist() is not None and _is_sharded(target):
+            # a whole-model checkpoint (a DDP run's) into an FSDP model: each rank keeps
+            # the slices of its own shards
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+            )
+
+            set_model_state_dict(target, saved[name], options=StateDictOptions(
+                full_state_dict=True, strict=strict))
+        elif hasattr(target, "load_state_dict"):
             if strict or not hasattr(target, "named_parameters"):
                 target.load_state_dict(saved[name])
             else:
@@ -76,6 +106,21 @@ def _load_states(objects: dict[str, Any], saved: dict[str, Any], strict: bool = 
                 fit = {k: v for k, v in saved[name].items()
                        if k in own and getattr(v, "shape", None) == own[k].shape}
                 target.load_state_dict(fit, strict=False)
+
+
+def _is_sharded(obj: Any) -> bool:
+    from ._fsdp import is_sharded
+
+    return is_sharded(obj)
+
+
+def _split(objects: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sharded objects: FSDP models and their optimizers, the rest)."""
+    if h._dist() is None:
+        return {}, objects
+    from ._fsdp import split_state
+
+    return split_state(objects)
 
 
 def save_checkpoint(epoch: int | None = None, *, metrics: dict[str, float] | None = None,
@@ -91,20 +136,27 @@ def save_checkpoint(epoch: int | None = None, *, metrics: dict[str, float] | Non
     metrics = dict(run.latest if metrics is None else metrics)
     if epoch is not None:
         metrics["epoch"] = epoch
-    blob = {"epoch": epoch, "metrics": metrics,
-            "state": {name: _state_of(obj) for name, obj in objects.items()}}
+    sharded, plain = _split(objects)
+    blob = {"epoch": epoch, "metrics": metrics, "sharded": sorted(sharded),
+            "state": {name: _state_of(obj) for name, obj in plain.items()}}
     if path is not None:
-        torch.save(blob, path)
+        if sharded:          # a directory: every rank's shards, and rank 0's file
+            os.makedirs(path, exist_ok=True)
+            _write(path, blob, sharded)
+        else:
+            torch.save(blob, path)
         return
     if run.mode == "train":
         from ray import train
 
-        if h.is_main():
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save(blob, os.path.join(tmp, CHECKPOINT_FILE))
+        with tempfile.TemporaryDirectory() as tmp:
+            _write(tmp, blob, sharded)
+            if h.is_main() or sharded:
+                # each rank reports its own directory; Ray Train puts their files together
+                # in the run's storage as one checkpoint (DCP names each rank's files apart)
                 train.report(metrics, checkpoint=train.Checkpoint.from_directory(tmp))
-        else:
-            train.report(metrics)
+            else:
+                train.report(metrics)
     elif run.mode == "tune":
         from ray import tune
 
@@ -116,11 +168,25 @@ def save_checkpoint(epoch: int | None = None, *, metrics: dict[str, float] | Non
         raise ValueError("save_checkpoint(path=...) needs a file path outside %%lepton train")
 
 
+def _write(directory: str, blob: dict[str, Any], sharded: dict[str, Any]) -> None:
+    import torch
+
+    if sharded:
+        from ._fsdp import save_sharded
+
+        save_sharded(directory, sharded)          # a collective: every rank writes its part
+    if h.is_main():
+        torch.save(blob, os.path.join(directory, CHECKPOINT_FILE))
+
+
 def _read_checkpoint_dir(directory: str) -> dict[str, Any]:
     import torch
 
-    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
+    blob = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
                       weights_only=False)
+    if blob.get("sharded"):
+        blob["dir"] = directory              # the shards are read from there when loaded
+    return blob
 
 
 def _restart_checkpoint() -> dict[str, Any] | None:
@@ -139,7 +205,12 @@ def _restart_checkpoint() -> dict[str, Any] | None:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        return _read_checkpoint_dir(d)
+        blob = _read_checkpoint_dir(d)
+    if blob.get("sharded") and type(ckpt.filesystem).__name__ != "LocalFileSystem":
+        blob["dir"] = ckpt.to_directory()    # shards in remote storage: a local copy to load
+    elif blob.get("sharded"):
+        blob["dir"] = ckpt.path
+    return blob
 
 
 def load_checkpoint(source: str | bytes | None = None) -> dict[str, Any] | None:

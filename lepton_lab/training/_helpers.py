@@ -53,6 +53,8 @@ class _Run:
         self.warnings: list[str] = []
         self.warned: set[str] = set()
         self.model: Any = None
+        self.optimizers: list[Any] = []               # from epochs(): counted in memory_use()
+        self.last_mem_report = 0.0
         self.grad_norms: deque[float] = deque(maxlen=50)
         self.last_grad_check = 0.0
         self.last_mem_check = 0.0
@@ -102,16 +104,39 @@ def device():
 
 
 # -- model and data ---------------------------------------------------------------------------
-def prepare_model(model, *, find_unused_parameters: bool = False):
-    """Move ``model`` to this rank's device and wrap it in DDP when there are several ranks.
+def prepare_model(model, *, strategy: str | None = None, find_unused_parameters: bool = False,
+                  shard_modules: Any = None, min_params: int | None = None,
+                  cpu_offload: bool | None = None, mixed_precision: bool | None = None):
+    """Put ``model`` on this rank's device and spread it over the ranks.
 
-    With one rank the model is returned unwrapped: DDP over one process only adds overhead.
-    The model is also watched for exploding gradients (see :func:`report`).
+    ``strategy`` (default: the run's ``--strategy``, else ``"ddp"``):
+
+    - ``"ddp"``: every rank holds the whole model; gradients are all-reduced in backward.
+    - ``"fsdp"``: parameters, gradients and optimizer state are sharded over the ranks
+      (PyTorch FSDP2), for models too big for one device. Each submodule of at least
+      ``min_params`` parameters (``--fsdp-min-params``, default 100000) is one unit, or the
+      ``shard_modules`` you list (e.g. ``model.blocks``); ``cpu_offload`` keeps the shards in
+      CPU memory; ``mixed_precision`` (default: on a GPU) computes in bf16. Create the
+      optimizer *after* this call, from the returned model's parameters.
+
+    With one rank the model is returned unwrapped: either strategy over one process only
+    adds overhead. The model is also watched for exploding gradients (see :func:`report`).
     """
     import torch
 
-    model = model.to(device())
-    if world_size() > 1:
+    strategy = strategy or _RUN.strategy
+    if strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"strategy={strategy!r}: use 'ddp' or 'fsdp'")
+    if world_size() > 1 and strategy == "fsdp":
+        from ._fsdp import shard_model
+
+        model = shard_model(model, device=device(), rank=rank(), modules=shard_modules,
+                            min_params=min_params or _RUN.fsdp_min_params,
+                            cpu_offload=_RUN.cpu_offload if cpu_offload is None else cpu_offload,
+                            mixed_precision=mixed_precision)
+    else:
+        model = model.to(device())
+    if world_size() > 1 and strategy == "ddp":
         # DDP all-reduces gradients during backward; NCCL on GPUs, gloo on CPUs (set up by
         # the warm group or Ray Train), so the same cell runs on a laptop and on a GPU cluster.
         ids = [0] if device().type == "cuda" else None
@@ -119,6 +144,45 @@ def prepare_model(model, *, find_unused_parameters: bool = False):
             model, device_ids=ids, find_unused_parameters=find_unused_parameters)
     _RUN.model = model
     return model
+
+
+def full_model(model):
+    """The whole trained model as a plain CPU module, for the notebook or the registry.
+
+    For an FSDP model this gathers the shards: call it on every rank; rank 0 gets the module,
+    the others ``None``. A DDP model gives its inner module. :func:`epochs` does this by
+    itself after the last epoch, so a model trained inside it comes back whole anyway."""
+    from ._fsdp import full_model as gather
+
+    return gather(model)
+
+
+def memory_use(*optimizers: Any) -> dict[str, int]:
+    """This rank's bytes of parameters, gradients and optimizer state (its shards only, with
+    FSDP), and its peak resident memory (and peak CUDA memory on a GPU). The optimizers are
+    those given to :func:`epochs`, or ``optimizers``."""
+    import resource
+
+    run = _RUN
+    out = {"params": 0, "grads": 0, "optim": 0,
+           "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if run.model is not None:
+        for p in run.model.parameters():
+            out["params"] += _local_bytes(p)
+            if p.grad is not None:
+                out["grads"] += _local_bytes(p.grad)
+    for opt in optimizers or run.optimizers:
+        for state in opt.state.values():
+            out["optim"] += sum(_local_bytes(t) for t in state.values() if hasattr(t, "numel"))
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+def _local_bytes(t: Any) -> int:
+    t = t.to_local() if hasattr(t, "to_local") else t      # a DTensor: this rank's shard
+    return t.numel() * t.element_size()
 
 
 def shard(data: Any) -> Any:
@@ -265,7 +329,10 @@ def _warn(text: str, key: str | None = None) -> None:
 def _check_gradients(run: _Run) -> None:
     import torch
 
-    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    # this rank's part only: a norm over FSDP's sharded gradients would be a collective, and
+    # ranks check on their own clocks
+    grads = [g.to_local() if hasattr(g, "to_local") else g
+             for g in (p.grad for p in run.model.parameters()) if g is not None]
     if not grads:
         return
     norm = float(torch.linalg.vector_norm(
@@ -318,7 +385,11 @@ def _emit(force: bool = False) -> None:
                            and not run.warnings):
         run.last_emit = now
         return
-    payload = {"rank": rank(), "world": world_size(), "attempt": run.attempt,
+    memory = None
+    if now - run.last_mem_report >= 1.0 or force:
+        run.last_mem_report = now
+        memory = memory_use()
+    payload = {"rank": rank(), "world": world_size(), "attempt": run.attempt, "memory": memory,
                "epochs": run.epochs, "steps_per_epoch": run.steps_per_epoch,
                "points": run.points, "samples": run.samples,
                "seconds": now - run.last_emit, "warnings": run.warnings}

@@ -156,9 +156,11 @@ def _checkpoint_file(path: Path) -> Path:
     return path / CHECKPOINT_FILE if path.is_dir() else path
 
 
-def resolve_resume(source: str) -> bytes:
+def resolve_resume(source: str) -> bytes | str:
     """The bytes of the checkpoint ``--resume-from`` names: a file, a checkpoint directory, or
-    a recorded training run (its best checkpoint)."""
+    a recorded training run (its best checkpoint). A sharded (``--strategy fsdp``) checkpoint
+    is a directory of every rank's shards: its path is given instead, which the ranks read
+    (it must be on storage they reach, as a multi-node run's storage is)."""
     path = Path(os.path.expanduser(source))
     if not path.exists():
         try:
@@ -173,6 +175,8 @@ def resolve_resume(source: str) -> bytes:
                                    "checkpoints come from lepton.training.epochs(...) or "
                                    "save_checkpoint(...)")
         path = Path(where)
+    if path.is_dir() and (path / ".metadata").is_file():
+        return str(path.resolve())
     file = _checkpoint_file(path)
     try:
         return file.read_bytes()
@@ -295,6 +299,10 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
             # samples/s of each rank over its last window (the dashboards' per-rank bars)
             metrics = {**(metrics or {}),
                        "throughput": {str(r): v for r, v in sorted(monitor.rates().items())}}
+        if monitor is not None and monitor.memory:
+            # each rank's parameter/gradient/optimizer bytes (its shards with FSDP), peak RSS
+            metrics = {**(metrics or {}),
+                       "memory": {str(r): m for r, m in sorted(monitor.memory.items())}}
         store.update_run(job_id, status=status, error=error,
                          history=monitor.history if monitor else None,
                          metrics=metrics,
