@@ -17,7 +17,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -152,14 +151,60 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
         return state
 
 
-def _kill_group(pgid: int, grace: float = 3.0) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
+def _group_members(pgid: int) -> list[Any]:
+    """The live (not zombie) processes of the embedded cluster: its leader started a new
+    session, so they are that session's processes (whatever process group Ray put them in)."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "name", "status"]):
+        try:
+            if os.getsid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return out
+
+
+def _stop_bucket(procs: list[Any], timeout: float) -> list[Any]:
+    """SIGTERM ``procs`` and wait up to ``timeout`` for them; returns those still alive."""
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=max(timeout, 0.0))
+    return alive
+
+
+def _kill_group(pgid: int, grace: float = 3.0) -> int:
+    """Stop the embedded Ray's process group the way ``ray stop`` does, within ``grace``.
+
+    The raylet goes first (its agents fate-share with it and exit by themselves, instead of
+    complaining about a vanished raylet), then every other process but the GCS, then the GCS
+    (the others report to it while they stop) and the ``ray start --block`` leader. SIGTERM
+    each bucket, wait for it, and SIGKILL only what is left when the grace time is up.
+    Returns how many processes needed SIGKILL."""
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _pid_alive(pgid):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    members = _group_members(pgid)
+
+    def named(*names: str) -> list[Any]:
+        return [p for p in members if (p.info.get("name") or "") in names]
+
+    raylet, gcs = named("raylet"), named("gcs_server")
+    leader = [p for p in members if p.pid == pgid]
+    others = [p for p in members if p not in raylet + gcs + leader]
+    left: list[Any] = []
+    for i, bucket in enumerate((raylet, others, gcs + leader)):
+        if bucket:
+            share = (deadline - time.monotonic()) / (3 - i)
+            left += _stop_bucket(bucket, share)
+    import psutil
+
+    forced = {p.pid: p for p in left + _group_members(pgid)}
+    for proc in forced.values():
+        with contextlib.suppress(psutil.Error):    # what is left when the grace time is up
+            proc.kill()
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:  # reap it if it is our child (no zombie left behind)
         try:
@@ -168,3 +213,4 @@ def _kill_group(pgid: int, grace: float = 3.0) -> None:
         except (ChildProcessError, OSError):
             break
         time.sleep(0.05)
+    return len(forced)

@@ -64,18 +64,21 @@ _LOCK = threading.RLock()
 
 
 # -- the embedded cluster --------------------------------------------------------------------
-def stop_embedded() -> bool:
-    """Stop the embedded cluster (every Lepton kernel on this machine loses it). True if one ran."""
+def stop_embedded() -> dict[str, Any] | None:
+    """Stop the embedded cluster (every Lepton kernel on this machine loses it) the way
+    ``ray stop`` does. None if none ran; else ``seconds`` it took and how many processes
+    were ``forced`` (SIGKILL after the grace time)."""
     state = embedded_state()
     with _LOCK:
         if _CONN is not None and state and _CONN.address == state["address"]:
             disconnect()
     if not state:
-        return False
-    _kill_group(int(state["pid"]))
+        return None
+    t0 = time.monotonic()
+    forced = _kill_group(int(state["pid"]))
     with contextlib.suppress(OSError):
         _state_file().unlink()
-    return True
+    return {"seconds": time.monotonic() - t0, "forced": forced}
 
 
 # -- connecting ------------------------------------------------------------------------------

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stopped(done: dict) -> str:
+    how = (f"{done['forced']} process(es) killed after the grace time" if done["forced"]
+           else "gracefully")
+    return f"stopped in {done['seconds']:.1f} s ({how})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 state = cluster.start_embedded()
                 print(f"embedded Ray at {state['address']}; dashboard {state['dashboard_url']}")
             else:
-                print("stopped" if cluster.stop_embedded() else "no embedded cluster was running")
+                done = cluster.stop_embedded()
+                print(_stopped(done) if done else "no embedded cluster was running")
     except LeptonError as exc:
         print(f"lepton: {exc}", file=sys.stderr)
         return 2
