@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -166,43 +167,29 @@ def _group_members(pgid: int) -> list[Any]:
     return out
 
 
-def _stop_bucket(procs: list[Any], timeout: float) -> list[Any]:
-    """SIGTERM ``procs`` and wait up to ``timeout`` for them; returns those still alive."""
+def _kill_group(pgid: int, grace: float = 5.0) -> int:
+    """Stop the embedded Ray gracefully, as ``ray stop`` would, and SIGKILL only what is left
+    after ``grace`` seconds. Returns how many processes needed SIGKILL.
+
+    SIGTERM goes to the ``ray start --block`` leader: its handler stops the node's processes
+    in Ray's own order (the raylet first, so its agents exit with it instead of complaining;
+    the GCS last, since the others report to it while they stop). The leader was started
+    with no drain wait (see :func:`_start_embedded`): nothing routes traffic to this node
+    from elsewhere, so there is nothing to drain."""
     import psutil
 
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=max(timeout, 0.0))
-    return alive
-
-
-def _kill_group(pgid: int, grace: float = 3.0) -> int:
-    """Stop the embedded Ray's process group the way ``ray stop`` does, within ``grace``.
-
-    The raylet goes first (its agents fate-share with it and exit by themselves, instead of
-    complaining about a vanished raylet), then every other process but the GCS, then the GCS
-    (the others report to it while they stop) and the ``ray start --block`` leader. SIGTERM
-    each bucket, wait for it, and SIGKILL only what is left when the grace time is up.
-    Returns how many processes needed SIGKILL."""
     deadline = time.monotonic() + grace
-    members = _group_members(pgid)
-
-    def named(*names: str) -> list[Any]:
-        return [p for p in members if (p.info.get("name") or "") in names]
-
-    raylet, gcs = named("raylet"), named("gcs_server")
-    leader = [p for p in members if p.pid == pgid]
-    others = [p for p in members if p not in raylet + gcs + leader]
-    left: list[Any] = []
-    for i, bucket in enumerate((raylet, others, gcs + leader)):
-        if bucket:
-            share = (deadline - time.monotonic()) / (3 - i)
-            left += _stop_bucket(bucket, share)
-    import psutil
-
-    forced = {p.pid: p for p in left + _group_members(pgid)}
-    for proc in forced.values():
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pgid, signal.SIGTERM)
+    left = _group_members(pgid)
+    if left and not any(p.pid == pgid for p in left):   # no leader to do it: SIGTERM them all
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = _group_members(pgid)
+    for proc in left:
         with contextlib.suppress(psutil.Error):    # what is left when the grace time is up
             proc.kill()
     deadline = time.monotonic() + 2.0
@@ -213,4 +200,4 @@ def _kill_group(pgid: int, grace: float = 3.0) -> int:
         except (ChildProcessError, OSError):
             break
         time.sleep(0.05)
-    return len(forced)
+    return len(left)

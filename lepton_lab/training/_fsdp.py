@@ -149,6 +149,11 @@ def _install_reducer() -> None:
 
 
 def _substitute(obj: Any) -> Any:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, DTensor):       # e.g. in the optimizer of a sharded model
+        raise TypeError("it holds sharded (FSDP) tensors, which mean nothing outside the "
+                        "ranks; the model itself comes back whole")
     if not is_sharded(obj):
         return None
     plain = _GATHERED.get(id(obj))
