@@ -91,8 +91,20 @@ for epoch in lt.epochs(1, model=model, optimizer=opt):
 '''
 
 
-def one_run(strategy: str, ranks: int, steps: int, d: int, layers: int) -> dict[str, Any]:
+def quiet_sink() -> Any:
+    """A Sink that keeps only the tail of the output (printed if a run fails)."""
     from lepton_lab.remote._sink import Sink
+
+    class Quiet(Sink):
+        tail = ""
+
+        def stream(self, name: str, text: str) -> None:
+            self.tail = (self.tail + text)[-4000:]
+
+    return Quiet()
+
+
+def one_run(strategy: str, ranks: int, steps: int, d: int, layers: int) -> dict[str, Any]:
     from lepton_lab.store import get_store
     from lepton_lab.training._run import TrainSpec, run_train
 
@@ -100,7 +112,12 @@ def one_run(strategy: str, ranks: int, steps: int, d: int, layers: int) -> dict[
     exec(MODEL_SRC, ns)
     spec = TrainSpec(workers=ranks, strategy=strategy, out=("loss",), name=f"bench-{strategy}")
     t0 = time.perf_counter()
-    outcome = run_train(CELL, ns, spec, Sink())
+    sink = quiet_sink()
+    try:
+        outcome = run_train(CELL, ns, spec, sink)
+    except BaseException:
+        log(sink.tail)
+        raise
     wall = time.perf_counter() - t0
     rec = get_store().get_run(outcome.job_id)
     memory = rec.metrics.get("memory") or {}
