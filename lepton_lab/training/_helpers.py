@@ -119,20 +119,22 @@ def prepare_model(model, *, strategy: str | None = None, find_unused_parameters:
       CPU memory; ``mixed_precision`` (default: on a GPU) computes in bf16. Create the
       optimizer *after* this call, from the returned model's parameters.
 
-    With one rank the model is returned unwrapped: either strategy over one process only
-    adds overhead. The model is also watched for exploding gradients (see :func:`report`).
+    With one rank the model is returned unwrapped (either strategy over one process only
+    adds overhead), unless FSDP offloads it to CPU memory. The model is also watched for exploding gradients (see :func:`report`).
     """
     import torch
 
     strategy = strategy or _RUN.strategy
     if strategy not in ("ddp", "fsdp"):
         raise ValueError(f"strategy={strategy!r}: use 'ddp' or 'fsdp'")
-    if world_size() > 1 and strategy == "fsdp":
+    offload = _RUN.cpu_offload if cpu_offload is None else cpu_offload
+    # FSDP on one rank only pays with CPU offload: the shards then live in CPU memory and
+    # one device trains a model bigger than itself
+    if strategy == "fsdp" and _dist() is not None and (world_size() > 1 or offload):
         from ._fsdp import shard_model
 
         model = shard_model(model, device=device(), rank=rank(), modules=shard_modules,
-                            min_params=min_params or _RUN.fsdp_min_params,
-                            cpu_offload=_RUN.cpu_offload if cpu_offload is None else cpu_offload,
+                            min_params=min_params or _RUN.fsdp_min_params, cpu_offload=offload,
                             mixed_precision=mixed_precision)
     else:
         model = model.to(device())
