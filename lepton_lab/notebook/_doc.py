@@ -47,6 +47,16 @@ Train with Ray Train (DDP, restarts from checkpoints, live curves; `%%lepton tra
 
     %%lepton train --workers 4 --detach --name nightly   # runs on; `%lepton attach nightly`
 
+Differential privacy (Opacus DP-SGD): add --dp-epsilon and one line before the loop (without
+the flag make_private returns its inputs, so the same cell runs either way); each epoch
+reports dp_epsilon, the budget spent so far::
+
+    %%lepton train --workers 2 --dp-epsilon 3
+    ...
+    model, opt, loader = lepton.training.make_private(model, opt, loader, epochs=10)
+    for epoch in epochs(10, model=model, optimizer=opt):
+        ...
+
 Search hyperparameters with Ray Tune (`%%lepton tune -h`)::
 
     %%lepton tune --samples 8 --scheduler asha --metric acc --mode max
