@@ -15,6 +15,7 @@ Nothing here imports torch or Opacus at module level: the kernel imports this mo
 from __future__ import annotations
 
 import ast
+import operator
 import os
 import sys
 import warnings
@@ -241,9 +242,13 @@ def make_private(model: Any, optimizer: Any, loader: Any, *, epochs: int
     from opacus import PrivacyEngine
     from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise LeptonUsageError(f"make_private(..., epochs={epochs!r}): give the number of "
-                               "epochs the loop trains (an int >= 1); the noise depends on it")
+    try:
+        epochs = operator.index(epochs)   # an int, numpy's too; not 2.5
+    except TypeError:
+        epochs = 0
+    if epochs < 1:
+        raise LeptonUsageError("make_private(..., epochs=N): give the number of epochs the "
+                               "loop trains (an int >= 1); the noise depends on it")
     plain = model.module if isinstance(
         model, (DPDDP, torch.nn.parallel.DistributedDataParallel)) else model
     if not plain.training:

@@ -140,6 +140,13 @@ def test_an_impossible_budget_is_refused_in_one_line(digits):
     assert h._RUN.private is None
 
 
+def test_epochs_must_be_a_whole_number_of_epochs(digits):
+    h.configure("interactive", privacy=PRIVACY)
+    for bad in (0, 2.5, None):
+        with pytest.raises(LeptonUsageError, match=r"^make_private\(\.\.\., epochs=N\)"):
+            lt.make_private(*_parts(*digits), epochs=bad)
+
+
 @pytest.mark.parametrize("source, calls", [
     ("model, opt, loader = lepton.training.make_private(model, opt, loader, epochs=3)", True),
     ("from lepton_lab.training import make_private as mp\nm, o, l = mp(m, o, l, epochs=1)",
