@@ -57,10 +57,15 @@ Elastic, across nodes: start with what is free (2 to 4 ranks), go on after a los
 
     %%lepton train --workers 2-4 --max-failures 3
 
-Differential privacy (Opacus; the ε spent shows in the live view and the run)::
+Differential privacy (Opacus DP-SGD): add --dp-epsilon and one line before the loop (without
+the flag make_private returns its inputs, so the same cell runs either way); each epoch
+reports dp_epsilon, the budget spent so far::
 
     %%lepton train --workers 2 --dp-epsilon 3
+    ...
     model, opt, loader = lepton.training.make_private(model, opt, loader, epochs=10)
+    for epoch in epochs(10, model=model, optimizer=opt):
+        ...
 
 Search hyperparameters with Ray Tune (`%%lepton tune -h`)::
 

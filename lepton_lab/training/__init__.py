@@ -11,6 +11,13 @@
         for x, y in loader:
             ...
             report(loss=loss.item())                   # live progress, curves and warnings
+
+Differential privacy (``%%lepton train --dp-epsilon 3``, Opacus): one more line before the
+loop; without the flag it returns its inputs unchanged, so the same cell runs either way::
+
+    model, opt, loader = make_private(model, opt, loader, epochs=10)   # DP-SGD, 10 epochs
+
+Each epoch then reports ``dp_epsilon`` (the budget spent so far) with the other metrics.
 """
 
 from ._checkpoint import epochs, load_checkpoint, save_checkpoint
@@ -30,7 +37,9 @@ from ._helpers import (
     shard,
     world_size,
 )
+from ._privacy import make_private
 
 __all__ = ["TrainingStopped", "autocast", "device", "epochs", "full_model", "history",
-           "is_main", "load_checkpoint", "memory_use", "prepare_loader", "prepare_model", "rank",
+           "is_main", "load_checkpoint", "make_private", "memory_use", "prepare_loader",
+           "prepare_model", "rank",
            "report", "reset", "save_checkpoint", "shard", "world_size"]

@@ -16,6 +16,7 @@ import tempfile
 from typing import Any, Iterator
 
 from . import _helpers as h
+from . import _privacy
 from ._helpers import CHECKPOINT_FILE
 
 
@@ -31,11 +32,15 @@ def epochs(n: int, **state: Any) -> Iterator[int]:
     ``%%lepton train`` a checkpoint is saved every ``--checkpoint-every`` epochs and after the
     last; after a worker failure the run restarts here from the latest checkpoint, and
     ``--resume-from`` loads an earlier run's weights before epoch 0 (transfer learning).
+    After :func:`make_private` (``--dp-epsilon``) each epoch reports ``dp_epsilon``, the
+    accountant is checkpointed with ``state``, and an epoch that would spend more than the
+    budget is not started: the run stops with the reason.
     """
     run = h._RUN
     run.epochs = int(n)
     run.optimizers = [o for o in state.values() if hasattr(o, "param_groups")]
     first = 0
+    given, state = state, _privacy.with_accountant(state)  # DP: the spend survives a restart
     restart = _restart_checkpoint()
     if restart is not None:
         _load_blob(state, restart)
@@ -43,10 +48,12 @@ def epochs(n: int, **state: Any) -> Iterator[int]:
         print(f"lepton: resumed from the checkpoint of epoch {first - 1} "
               f"(attempt {run.attempt})", file=sys.stderr)
     elif run.resume is not None:
-        _load_blob(state, run.resume, strict=False)
+        _load_blob(given, run.resume, strict=False)
     for epoch in range(first, run.epochs):
+        _privacy.before_epoch(epoch)         # DP: stop before an epoch that would overspend
         run.epoch, run.step_in_epoch = epoch, 0
         yield epoch
+        _privacy.after_epoch()               # DP: report dp_epsilon (also in the checkpoint)
         due = epoch == run.epochs - 1 or (epoch + 1) % run.checkpoint_every == 0
         if run.mode in ("train", "tune") and state and due:
             save_checkpoint(epoch=epoch, **state)

@@ -41,6 +41,7 @@ class _Run:
         self.fsdp_min_params = opts.get("fsdp_min_params")
         self.cpu_offload = bool(opts.get("cpu_offload"))
         self.privacy: dict[str, float] | None = opts.get("privacy")  # --dp-epsilon & co
+        self.private: Any = None                      # make_private's state (._privacy)
         self.resume: Any = opts.get("resume")         # checkpoint dict for transfer learning
         self.epochs: int | None = None
         self.epoch: int | None = None
@@ -119,8 +120,10 @@ def prepare_model(model, *, strategy: str | None = None, find_unused_parameters:
       CPU memory; ``mixed_precision`` (default: on a GPU) computes in bf16. Create the
       optimizer *after* this call, from the returned model's parameters.
 
-    With one rank the model is returned unwrapped (either strategy over one process only
-    adds overhead), unless FSDP offloads it to CPU memory. The model is also watched for exploding gradients (see :func:`report`).
+    With ``--dp-epsilon`` a DDP model goes into Opacus's DPDDP instead (see
+    :func:`make_private`). With one rank the model is returned unwrapped (either strategy over
+    one process only adds overhead), unless FSDP offloads it to CPU memory. The model is also
+    watched for exploding gradients (see :func:`report`).
     """
     import torch
 
@@ -138,7 +141,14 @@ def prepare_model(model, *, strategy: str | None = None, find_unused_parameters:
                             mixed_precision=mixed_precision)
     else:
         model = model.to(device())
-    if world_size() > 1 and strategy == "ddp":
+    if world_size() > 1 and strategy == "ddp" and _RUN.privacy:
+        # DP-SGD must average the gradients *after* clipping each sample's gradient and adding
+        # the noise, which Opacus's optimizer does (make_private); DDP's all-reduce during
+        # backward would only be wasted traffic. DPDDP just gives every rank rank 0's weights.
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+        model = DPDDP(model)
+    elif world_size() > 1 and strategy == "ddp":
         # DDP all-reduces gradients during backward; NCCL on GPUs, gloo on CPUs (set up by
         # the warm group or Ray Train), so the same cell runs on a laptop and on a GPU cluster.
         ids = [0] if device().type == "cuda" else None
@@ -229,7 +239,10 @@ def prepare_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, seed:
                    drop_last: bool = False, **kwargs: Any):
     """A DataLoader over this rank's part of ``dataset`` (a DistributedSampler when there are
     several ranks). Inside :func:`epochs` it reshuffles every epoch by itself; otherwise call
-    ``loader.sampler.set_epoch(epoch)``. A tuple of tensors is accepted as a dataset."""
+    ``loader.sampler.set_epoch(epoch)``. A tuple of tensors is accepted as a dataset.
+
+    With ``--dp-epsilon`` this stays a plain loader (evaluation loaders must see every sample
+    once); :func:`make_private` turns the training loader into a Poisson-sampled one."""
     import torch
     from torch.utils.data import DistributedSampler, TensorDataset
 

@@ -31,6 +31,7 @@ class Hub:
         self.starts: dict[int, int] = {}
         self.result: dict[str, Any] | None = None
         self.stopped: str | None = None
+        self.refused: tuple[int, str] | None = None
 
     def start(self, rank: int) -> int:
         """A rank (re)starts; returns the attempt number (2 after one worker-group restart)."""
@@ -55,8 +56,14 @@ class Hub:
     def set_stopped(self, reason: str) -> None:
         self.stopped = self.stopped or reason
 
+    def set_refused(self, rank: int, reason: str) -> None:
+        self.refused = self.refused or (rank, reason)
+
     def outcome(self) -> tuple[dict[str, Any] | None, str | None, int]:
         return self.result, self.stopped, max(self.starts.values(), default=0)
+
+    def refusal(self) -> tuple[int, str] | None:
+        return self.refused
 
 
 class _HubEmitter(Emitter):
@@ -135,6 +142,11 @@ def train_loop(config: dict[str, Any]) -> None:
     status = result.get("status")
     if status == "error" and result["error"].get("ename") == "TrainingStopped":
         ray.get(hub.set_stopped.remote(result["error"].get("evalue", "stopped")))
+        return
+    if status == "error" and result["error"].get("ename") == "LeptonUsageError":
+        # a usage mistake found on the rank (make_private refusing the model or the budget):
+        # the same on every attempt, so end the run now instead of spending --max-failures
+        ray.get(hub.set_refused.remote(rank, result["error"].get("evalue", "")))
         return
     if status != "ok":
         raise RankFailed(rank, result.get("error") or {"ename": "KeyboardInterrupt",
@@ -258,10 +270,15 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
             break
     folder.finish()
     rank0, stopped, attempts = ray.get(hub.outcome.remote())
+    refused = ray.get(hub.refusal.remote())
     run = dict(_checkpoint_paths(box.get("result"), metric, mode), attempts=attempts,
                stopped=stopped)
     if "error" in box:
         result = _first_failure(box["error"])
+    elif refused:
+        result = {"status": "error", "rank": refused[0], "error": {
+            "ename": "LeptonUsageError", "evalue": refused[1],
+            "traceback": [f"LeptonUsageError: {refused[1]}\n"]}}
     elif stopped:
         result = {"status": "stopped", "message": stopped}
     else:

@@ -232,6 +232,10 @@ def _prepare(body: str, namespace: dict[str, Any], spec: TrainSpec, job_kind: st
              origin: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Validate, ship the values, record the job and the run: ``(job_id, payload, opts)``."""
     an = analyze(body)
+    if spec.dp_epsilon is not None:   # before anything starts: make_private, DP-able modules
+        from ._privacy import check_cell
+
+        check_cell(an.source, {n: namespace[n] for n in an.reads if n in namespace})
     conn = ensure_connected()
     if conn.is_client:
         raise LeptonUsageError(
@@ -327,6 +331,13 @@ def run_train(body: str, namespace: dict[str, Any], spec: TrainSpec, sink: Sink,
             raise LeptonError(f"{res.get('message')}; checkpoints so far are in training run "
                               f"{job_id} (`%lepton runs {job_id}`)")
         rank = res.get("rank")
+        error = res.get("error") or {}
+        if res.get("status") == "error" and error.get("ename") == "LeptonUsageError":
+            # a rank refused the cell (make_private: a layer Opacus cannot train, a budget no
+            # noise reaches): one line, like the same mistake caught in the kernel
+            record("failed", error.get("evalue"), run)
+            raise LeptonUsageError(f"{error.get('evalue')} (found on rank {rank}; the run "
+                                   "stopped)")
         try:
             outcome = finish_outcome(job_id, {rank: res}, lambda r: "the training job"
                                      if r is None else f"rank {r}")
