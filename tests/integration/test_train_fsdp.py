@@ -58,6 +58,7 @@ def _accuracy(model, ns) -> float:
         return float((model(ns["X"][1400:]).argmax(1) == ns["Y"][1400:]).float().mean())
 
 
+@pytest.mark.timeout(600)   # two Ray Train runs
 def test_fsdp_run_brings_the_whole_model_back_and_reshards_from_2_to_3_ranks(digits_ip):
     import torch
 

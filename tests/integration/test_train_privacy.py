@@ -55,6 +55,7 @@ def _train_runs() -> list:
     return get_store().list_runs(kind="train", limit=1)
 
 
+@pytest.mark.timeout(600)   # Ray Train starts the worker group twice
 def test_two_ranks_train_privately_within_the_budget_across_a_restart(digits_ip, capsys):
     import torch
 
