@@ -110,7 +110,12 @@ def one_run(strategy: str, ranks: int, steps: int, d: int, layers: int) -> dict[
 
     ns: dict[str, Any] = {"D": d, "LAYERS": layers, "STEPS": steps}
     exec(MODEL_SRC, ns)
-    spec = TrainSpec(workers=ranks, strategy=strategy, out=("loss",), name=f"bench-{strategy}")
+    import ray
+
+    # 3 ranks on a 2-CPU machine: share the CPUs (both strategies alike)
+    cpus = min(1.0, int(ray.cluster_resources().get("CPU", 1) / ranks * 10) / 10)
+    spec = TrainSpec(workers=ranks, cpus_per_worker=cpus, strategy=strategy, out=("loss",),
+                     name=f"bench-{strategy}")
     t0 = time.perf_counter()
     sink = quiet_sink()
     try:
