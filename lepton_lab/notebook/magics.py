@@ -386,10 +386,12 @@ class LeptonMagics(Magics):
               f" each, torch.distributed backend {info['backend']}")
         for r in info["ranks"]:
             if r.get("dead"):
-                print(f"  rank {r['rank']}: DEAD or stuck (not answering); "
+                on = f" (on {r['node']})" if r.get("node") else ""
+                print(f"  rank {r['rank']}: DEAD or stuck (not answering){on}; "
                       "`%lepton group restart` starts a fresh group")
             else:
-                print(f"  rank {r['rank']}: {r['host']} pid {r['pid']} gpus {r['gpus'] or '-'} "
+                node = f" node {r['node_id'][:8]}" if r.get("node_id") else ""
+                print(f"  rank {r['rank']}: {r['host']}{node} pid {r['pid']} gpus {r['gpus'] or '-'} "
                       f"{'busy' if r['busy'] else 'idle'}, {r['cells']} cell(s), "
                       f"{r['variables']} variable(s)")
         return None

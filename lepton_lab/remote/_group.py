@@ -20,6 +20,7 @@ from ..config import get_config
 from ..errors import CellTimeout, ClusterUnavailable, JobCancelled, WorkerDied
 from ._analysis import analyze
 from ._executor import CellThread, new_namespace, stream_cell
+from ._nodes import alive_capacity, lost_nodes, node_label
 from ._sink import LogTee, RankFolder, Sink
 from ._spec import CellSpec
 from ._values import pack_values
@@ -100,7 +101,8 @@ class _Rank:
         gpus = ctx.get_accelerator_ids().get("GPU", []) if hasattr(ctx, "get_accelerator_ids") \
             else []
         return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
-                "node_ip": ray.util.get_node_ip_address(), "gpus": list(gpus),
+                "node_ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),
+                "gpus": list(gpus),
                 "busy": self.runner.busy, "cells": self.cells, "backend": self.backend,
                 "variables": len(self.names())}
 
@@ -115,9 +117,12 @@ class _Group:
     created: float = field(default_factory=time.time)
     synced: dict[str, Any] = field(default_factory=dict)  # name -> kernel object the ranks hold
     broken: str | None = None
+    nodes: list[tuple[str, str]] = field(default_factory=list)  # each rank's (node id, IP)
 
 
 _GROUP: _Group | None = None
+#: The group stop_group() last stopped: `%lepton group restart` brings it back after a death.
+_LAST: _Group | None = None
 _ACTOR_CLS = None
 
 
@@ -192,15 +197,17 @@ def _start_group(spec: CellSpec, sink: Sink) -> _Group:
             ray.kill(a, no_restart=True)
         remove_placement_group(pg)
         raise
-    return _Group(_spec_key(spec), world, actors, pg, backends[0])
+    return _Group(_spec_key(spec), world, actors, pg, backends[0],
+                  nodes=[(node, ip) for ip, _, node in endpoints])
 
 
 def stop_group() -> bool:
     """Stop the kernel's warm group and free its resources. True if there was one."""
-    global _GROUP
+    global _GROUP, _LAST
     group, _GROUP = _GROUP, None
     if group is None:
         return False
+    _LAST = group
     import ray
     from ray.util.placement_group import remove_placement_group
 
@@ -233,7 +240,8 @@ def group_info(timeout: float = 10.0) -> dict[str, Any] | None:
                 continue
             except Exception:  # noqa: BLE001
                 pass
-        ranks.append({"rank": i, "dead": True})
+        node = group.nodes[i] if i < len(group.nodes) else None
+        ranks.append({"rank": i, "dead": True, "node": node_label(*node) if node else None})
     workers, cpus, gpus, memory = group.spec_key
     return {"world": group.world, "cpus": cpus, "gpus": gpus, "memory": memory,
             "backend": group.backend, "created": group.created, "ranks": ranks,
@@ -321,15 +329,20 @@ def run_group_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: S
                                   "was interrupted") from None
             raise
         folder.finish()
-        dead = [r for r, res in results.items() if res.get("status") == "died"]
+        dead = sorted(r for r, res in results.items() if res.get("status") == "died")
         if dead:
             group.broken = f"rank {dead[0]} died"
             stop_group()
+            lost = _lost_ranks(group, dead)
+            if lost:   # the peers' collective errors are only a consequence: name the cause
+                raise WorkerDied(f"{lost}. The warm group was stopped (its variables are "
+                                 "lost); `%lepton group restart` starts it again on the nodes "
+                                 "that remain")
         try:
             outcome: CellOutcome = finish_outcome(job_id, results, lambda r: f"rank {r}")
         except WorkerDied as exc:
-            raise WorkerDied(f"{exc} The warm group was stopped; the next cell starts a new "
-                             "one (its variables are lost)") from None
+            raise WorkerDied(f"{exc} The warm group was stopped; `%lepton group restart` or "
+                             "the next cell starts a new one (its variables are lost)") from None
         for name in set(an.assigns) | set(an.reads):
             if name in namespace and name not in outcome.values:
                 group.synced[name] = namespace[name]
@@ -363,18 +376,47 @@ def _interrupt(group: _Group, gens: dict[Any, int], folder: RankFolder,
                                "group was stopped (the next cell starts a new one)")
 
 
-def restart_group(sink: Sink, workers: int | None = None) -> dict[str, Any]:
-    """Restart the warm group (after a dead rank, or to clear its state), or resize it to
-    ``workers`` ranks with the same resources per rank. Returns the new group's info."""
-    global _GROUP
-    if _GROUP is None:
-        from ..errors import LeptonUsageError
+def _lost_ranks(group: _Group, ranks: list[int]) -> str | None:
+    """``rank 1 on node 3b25d392 (10.0.0.3) was lost with its node`` for the dead ``ranks``
+    whose node is gone (waiting, bounded, for the cluster's verdict); None if none is."""
+    where = {r: group.nodes[r] for r in ranks if r < len(group.nodes)}
+    try:
+        lost = set(lost_nodes({nid for nid, _ in where.values()}))
+    except Exception:  # noqa: BLE001 - no verdict: the plain "rank died" message stays
+        return None
+    gone = [r for r, (nid, _) in where.items() if nid in lost]
+    if not gone:
+        return None
+    return "; ".join(f"rank {r} on {node_label(*where[r])} was lost with its node"
+                     for r in gone)
 
+
+def restart_group(sink: Sink, workers: int | None = None) -> dict[str, Any]:
+    """Restart the warm group (after a dead rank or a lost node, or to clear its state), or
+    resize it to ``workers`` ranks with the same resources per rank. The ranks go to the
+    nodes alive now, several to a node where its CPUs allow. Returns the new group's info."""
+    global _GROUP
+    from ..errors import LeptonUsageError
+
+    previous = _GROUP or _LAST
+    if previous is None:
         raise LeptonUsageError("there is no warm group to restart; `%%lepton --workers N` "
                                "starts one")
-    world, cpus, gpus, memory = _GROUP.spec_key
+    world, cpus, gpus, memory = previous.spec_key
     spec = CellSpec(cpus=cpus, gpus=gpus, memory=memory, workers=workers or world)
     ensure_connected()
+    # a node the old group ran on may be dying: let the cluster declare it dead first, so
+    # that the new ranks are placed on the nodes that remain (and the count below is true)
+    gone = lost_nodes({nid for nid, _ in previous.nodes})
+    nodes, total = alive_capacity()
+    need = spec.workers * spec.cpus_per_task
+    if total + 1e-9 < need:
+        lost = "".join(f"; {node_label(nid, ip)} was lost" for nid, ip in previous.nodes
+                       if nid in gone)
+        raise LeptonUsageError(
+            f"{spec.workers} rank(s) of {spec.cpus_per_task:g} CPU need {need:g} CPUs, but the "
+            f"{nodes} node(s) alive have {total:g}{lost}; `%lepton group resize "
+            f"{max(int(total // spec.cpus_per_task), 1)}` runs on what remains")
     stop_group()
     _GROUP = _start_group(spec, sink)
     return group_info() or {}

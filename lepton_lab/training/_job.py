@@ -23,28 +23,80 @@ from ..remote._sink import RankFolder, Sink
 
 
 class Hub:
-    """Collects the ranks' events for the driving task (a threaded actor, no CPU)."""
+    """Collects the ranks' events for the driving task (a threaded actor, no CPU).
+
+    It also keeps the run's log of worker groups: each rank's start (attempt, world size,
+    node, the epoch it resumes from), the failures the controller callback notes (see
+    :mod:`._elastic`) and how far the ranks got, from which :meth:`summary` derives the
+    record of lost nodes, new world sizes and replayed epochs.
+    """
 
     def __init__(self) -> None:
-        self.events: list[tuple[int, tuple]] = []
+        self.events: list[tuple[int | None, tuple]] = []
         self.cond = threading.Condition()
         self.starts: dict[int, int] = {}
         self.result: dict[str, Any] | None = None
         self.stopped: str | None = None
         self.refused: tuple[int, str] | None = None
+        self.log: list[dict[str, Any]] = []
+        self._reached: dict[tuple[int, int], float] = {}
+        self._announced = 0
 
-    def start(self, rank: int) -> int:
+    def start(self, rank: int, info: dict[str, Any] | None = None) -> int:
         """A rank (re)starts; returns the attempt number (2 after one worker-group restart)."""
         with self.cond:
             self.starts[rank] = self.starts.get(rank, 0) + 1
+            self.log.append(dict(info or {}, event="start", rank=rank,
+                                 attempt=self.starts[rank], at=time.time()))
+            if rank == 0:
+                self._announce()
             return self.starts[rank]
+
+    def note_failure(self, info: dict[str, Any]) -> None:
+        """The Train controller saw the worker group fail (ranks and nodes lost, if any)."""
+        with self.cond:
+            self.log.append(dict(info, event="failure"))
+
+    def _announce(self) -> None:
+        """Once the group after a failure has started: one line for the cell."""
+        from ._elastic import failure_line, summarize
+
+        failures = summarize(self.log)["failures"]
+        for fail in failures[self._announced:]:
+            if fail["world_after"] is not None:
+                self.events.append((None, ("stream", "stderr",
+                                           f"lepton: {failure_line(fail)}\n")))
+                self._announced += 1
+                self.cond.notify_all()
+
+    def _progress(self, rank: int, payload: dict[str, Any]) -> None:
+        """Log how far this rank got (when it grew by 1/20 epoch): the epochs a failure costs."""
+        attempt = int(payload.get("attempt") or 1)
+        if attempt != self.starts.get(rank):
+            return                       # a late report of a group that has failed
+        epochs = [p[1] for p in payload.get("points") or () if p[1] is not None]
+        if not epochs:
+            return
+        pos, last = max(epochs), self._reached.get((rank, attempt), -1.0)
+        if pos >= last + 0.05 or int(pos) != int(last):
+            self._reached[(rank, attempt)] = pos
+            self.log.append({"event": "progress", "rank": rank, "epoch": pos})
+
+    def summary(self) -> dict[str, Any]:
+        from ._elastic import summarize
+
+        with self.cond:
+            return summarize(self.log)
 
     def push(self, rank: int, events: list[tuple]) -> None:
         with self.cond:
             self.events.extend((rank, ev) for ev in events)
+            for ev in events:
+                if ev[0] == "train":
+                    self._progress(rank, ev[1])
             self.cond.notify_all()
 
-    def drain(self, timeout: float) -> list[tuple[int, tuple]]:
+    def drain(self, timeout: float) -> list[tuple[int | None, tuple]]:
         with self.cond:
             self.cond.wait_for(lambda: bool(self.events), timeout=timeout)
             out, self.events = self.events, []
@@ -115,13 +167,17 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray
     from ray import train
 
-    from . import _checkpoint, _helpers
+    from . import _checkpoint, _elastic, _helpers
 
     hub, payload, opts = config["hub"], config["payload"], config["opts"]
     _quiet_ray_train_logs()
-    rank = train.get_context().get_world_rank()
+    ctx = train.get_context()
+    rank = ctx.get_world_rank()
     note_placement_group(opts.get("ledger"))
-    attempt = ray.get(hub.start.remote(rank))
+    info = dict(_elastic.where_am_i(), world=ctx.get_world_size())
+    if rank == 0:   # the epoch the run goes on from (the failure record's "replayed epochs")
+        info["resume_epoch"] = _elastic.restart_epoch()
+    attempt = ray.get(hub.start.remote(rank, info))
     resume = opts.get("resume")
     if isinstance(resume, ray.ObjectRef):
         resume = ray.get(resume)
@@ -216,6 +272,9 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ._elastic import node_loss_watch
 
     # print() in the cell goes to the cell only once (Ray Train would also log each line)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -223,7 +282,10 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
     folder = RankFolder(_EmitterSink(emitter), opts.get("max_workers") or opts["workers"],
                         opts.get("all_ranks", False),
                         opts.get("tail_lines", 8))
-    hub = ray.remote(num_cpus=0, max_concurrency=64)(Hub).remote()
+    # the hub lives beside this task (and the Train controller, which Ray Train puts on the
+    # driver's node): a lost worker node takes ranks, never the run's bookkeeping
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    hub = ray.remote(num_cpus=0, max_concurrency=64, scheduling_strategy=here)(Hub).remote()
     metric, mode = opts.get("metric"), opts.get("mode") or "min"
     resources = {"CPU": opts.get("cpus_per_worker", 1)}
     datasets = opts.pop("datasets", None) or {}
@@ -243,6 +305,8 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
         run_config=RunConfig(
             name=opts["run_id"], storage_path=opts["storage"],
             failure_config=FailureConfig(max_failures=opts.get("max_failures", 0)),
+            # restarts are possible: note what was lost, and restart on the nodes that remain
+            callbacks=[node_loss_watch(hub)] if opts.get("max_failures") else None,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=opts.get("keep_checkpoints") or None,
                 checkpoint_score_attribute=metric, checkpoint_score_order=mode)
@@ -259,9 +323,13 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
     started = time.time()
     thread = threading.Thread(target=fit, daemon=True, name="lepton-train-fit")
     thread.start()
+    latest: dict[str, Any] = {}     # rank 0's latest metrics (the record of a failed run)
     while True:
         done = not thread.is_alive()
         for rank, event in ray.get(hub.drain.remote(0.0 if done else 0.2)):
+            if rank == 0 and event[0] == "train":
+                for point in event[1].get("points") or ():
+                    latest.update(point[2])
             folder.handle(rank, event)
         batch = emitter.drain(0.0)
         if batch:
@@ -273,6 +341,10 @@ def run_train_task(payload: dict[str, Any], opts: dict[str, Any]) -> Iterator[li
     refused = ray.get(hub.refusal.remote())
     run = dict(_checkpoint_paths(box.get("result"), metric, mode), attempts=attempts,
                stopped=stopped)
+    elastic = ray.get(hub.summary.remote())
+    if elastic["failures"] or len(elastic["world"]) > 1:
+        # beside the metrics, as the kernel puts the ranks' throughput (see RunRecord.metrics)
+        run["metrics"] = dict(run.get("metrics") or latest, elastic=elastic)
     if "error" in box:
         result = _first_failure(box["error"])
     elif refused:
