@@ -6,6 +6,7 @@ environment so real kernels started by the tests (jupyter_client, nbclient) shar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import time
@@ -69,6 +70,23 @@ def ip(cluster):
     shell = start_ipython()
     shell.run_line_magic("load_ext", "lepton_lab")
     return shell
+
+
+@contextlib.contextmanager
+def digits_in(ip, *leftovers: str):
+    """sklearn's digits as tensors ``X`` (scaled to [0, 1]) and ``Y`` in the shell's namespace;
+    the names a test's cells leave behind are removed afterwards."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    ip.user_ns["X"] = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    ip.user_ns["Y"] = torch.tensor(d.target)
+    try:
+        yield ip
+    finally:
+        for name in leftovers:
+            ip.user_ns.pop(name, None)
 
 
 def wait_for_free_cpus(timeout: float = 5.0) -> float:

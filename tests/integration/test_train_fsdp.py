@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from .conftest import REPO, digits_in
+
 pytestmark = pytest.mark.integration
 
 LOOP = """
@@ -34,15 +36,8 @@ sharded = type(model).__name__.startswith("FSDP")
 
 @pytest.fixture
 def digits_ip(ip):
-    import torch
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    ip.user_ns["X"] = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    ip.user_ns["Y"] = torch.tensor(d.target)
-    yield ip
-    for name in ("model", "opt", "losses", "sharded", "EPOCHS", "full", "steps"):
-        ip.user_ns.pop(name, None)
+    with digits_in(ip, "model", "opt", "losses", "sharded", "EPOCHS", "full", "steps"):
+        yield ip
 
 
 def _latest_run():
@@ -142,7 +137,6 @@ def test_large_model_template_trains_sharded_and_generates_text(lepton_home, tmp
 
     from lepton_lab.pipeline import RunOptions, run_notebook
 
-    from .conftest import REPO
 
     run = run_notebook(REPO / "templates" / "large_model.ipynb", RunOptions(
         parameters=(("epochs", 2), ("steps_per_epoch", 25), ("sample_chars", 80)),

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import wait_for_free_cpus
+from .conftest import digits_in, wait_for_free_cpus
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +40,8 @@ with torch.no_grad():
 
 @pytest.fixture
 def digits_ip(ip):
-    import torch
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    ip.user_ns["X"] = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    ip.user_ns["Y"] = torch.tensor(d.target)
-    yield ip
-    for name in ("model", "preds", "first_epoch", "best_config", "tune_results"):
-        ip.user_ns.pop(name, None)
+    with digits_in(ip, "model", "preds", "first_epoch", "best_config", "tune_results"):
+        yield ip
 
 
 def _latest_run(kind: str):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from .conftest import wait_for_free_cpus
+from .conftest import digits_in, wait_for_free_cpus
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,8 @@ with torch.no_grad():
 
 @pytest.fixture
 def digits_ip(ip):
-    import torch
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    ip.user_ns["X"] = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    ip.user_ns["Y"] = torch.tensor(d.target)
-    yield ip
-    for name in ("model", "preds", "net", "trained"):
-        ip.user_ns.pop(name, None)
+    with digits_in(ip, "model", "preds", "net", "trained"):
+        yield ip
 
 
 def _train_runs() -> list:
