@@ -31,7 +31,9 @@ def log(msg: str) -> None:
 
 
 def clean_env(home: str) -> dict[str, str]:
-    env = dict(os.environ, LEPTON_HOME=home)
+    """A kernel's environment in ``home``: part 4 measures the start without the background
+    start (the way the first cell worked before issue 15); part 4b turns it on."""
+    env = dict(os.environ, LEPTON_HOME=home, LEPTON_AUTOSTART="0")
     env.pop("RAY_ADDRESS", None)
     return env
 

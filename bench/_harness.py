@@ -353,6 +353,20 @@ class CpuMonitor:
 MONITOR: CpuMonitor | None = None
 
 
+_PREFIX: list[str] = []
+
+
 def phase(name: str):
     """Account the machine's CPU use to ``name`` (a no-op until main() starts MONITOR)."""
+    name = "".join(f"{p}: " for p in _PREFIX) + name
     return MONITOR.phase(name) if MONITOR is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def phase_prefix(prefix: str):
+    """Phases inside are named ``prefix: name`` (one benchmark run measuring several setups)."""
+    _PREFIX.append(prefix)
+    try:
+        yield
+    finally:
+        _PREFIX.pop()

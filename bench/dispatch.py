@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 from _cold import head_pid, log, part4  # noqa: E402
+from _cold_bg import part4b  # noqa: E402
 from _harness import (  # noqa: E402
     MiB,
     descendants,
@@ -328,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few iterations (a smoke run)")
     p.add_argument("--json", metavar="OUT", help="write every raw sample and summary here")
-    p.add_argument("--parts", default="warm,cold",
-                   help="comma-separated: warm (parts 1-3), cold (part 4); default both")
+    p.add_argument("--parts", default="warm,cold,coldbg",
+                   help="comma-separated: warm (parts 1-3), cold (part 4), coldbg (part 4b, "
+                        "the background start); default all")
     args = p.parse_args(argv)
     args.iters, args.warmup = (10, 2) if args.quick else (50, 5)
     args.big_iters, args.big_warmup = (3, 1) if args.quick else (10, 2)
@@ -345,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if "cold" in parts:  # first, while nothing else of ours runs: a really fresh machine state
         res["cold"] = part4(cold_repeats, start_pairs)
+    if "coldbg" in parts:
+        res["cold_bg"] = part4b(cold_repeats)
     if "warm" in parts:
         res["warm"] = warm(args)
     _harness.MONITOR.stop()

@@ -69,6 +69,8 @@ from _serve_load import (  # noqa: E402
     stop_baseline,
 )
 
+INGRESS = {"default": "Ray Serve's default proxy",
+           "haproxy": "Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1)"}
 HIDDEN = 2048
 GOAL_OVERHEAD_MS = 2.0
 GOAL_BATCH_X = 3.0
@@ -255,6 +257,34 @@ def _row(name: str, s: dict[str, Any]) -> list[str]:
 
 
 def report(res: dict[str, Any]) -> str:
+    """Each ingress's run, then the comparison of the ingresses and the cores used."""
+    lines = [format_facts(res["machine"]), ""]
+    runs = res["ingress"]
+    for mode, sub in runs.items():
+        lines += [f"# Ingress: {INGRESS[mode]}", "", report_one(sub), ""]
+    if len(runs) > 1:
+        rows = [[INGRESS[m], f"{r['part1']['lepton']['p50_ms']:.2f}",
+                 f"{r['part1']['serve floor']['p50_ms']:.2f}",
+                 f"{r['part1']['fastapi']['p50_ms']:.2f}",
+                 f"{r['part1']['lepton']['p50_ms'] - r['part1']['serve floor']['p50_ms']:+.2f}",
+                 f"{r['goals']['p50_overhead_ms']['value']:+.2f}",
+                 f"{r['goals']['batched_vs_unbatched_rps']['value']:.2f}x"]
+                for m, r in runs.items()]
+        lines += ["# The ingresses side by side (one request at a time, p50 ms)", "",
+                  table(rows, ["ingress", "Lepton", "bare Serve", "FastAPI",
+                               "Lepton - bare Serve", "Lepton - FastAPI",
+                               "batched/unbatched at c=32"]), ""]
+    cpu = res.get("cpu_by_phase")
+    if cpu:
+        lines += [f"## How busy the {res['machine']['cpu_count']} cores were", "",
+                  table([[name, f"{v['wall_s']:.1f}", f"{v['own_cores']:.2f}",
+                          f"{v['foreign_cores']:.2f}"] for name, v in cpu.items()],
+                        ["phase", "wall s", "cores used by this run",
+                         "cores used by other processes"])]
+    return "\n".join(lines)
+
+
+def report_one(res: dict[str, Any]) -> str:
     head = ["contender", "ok", "p50 ms", "p99 ms", "mean ms", "req/s", "errors"]
     p1, p2, p3 = res["part1"], res["part2"], res["part3"]
     overhead = p1["lepton"]["p50_ms"] - p1["fastapi"]["p50_ms"]
@@ -268,8 +298,7 @@ def report(res: dict[str, Any]) -> str:
     md = res["model"]
     fw = md["forward"]
     floor_gap = p1["serve floor"]["p50_ms"] - p1["fastapi"]["p50_ms"]
-    lines = [format_facts(res["machine"]), "",
-             f"model {md['ref']}: MLP {' -> '.join(map(str, md['layers']))}, "
+    lines = [f"model {md['ref']}: MLP {' -> '.join(map(str, md['layers']))}, "
              f"{md['params']:,} parameters ({md['bytes'] / 2**20:.1f} MiB), 1 torch thread; "
              f"request: one row as .npy ({res['request_bytes']} bytes), answer .npy", "",
              "## 1. One request at a time (Lepton: 1 replica, max_batch 32, bearer token; "
@@ -303,13 +332,6 @@ def report(res: dict[str, Any]) -> str:
                  f"{k} {v:.1f} s" for k, v in res["deploy_s"].items()),
              "after stopping the cluster: "
              f"{len(res['leftover_processes'].get('live', []))} live process(es) left"]
-    cpu = res.get("cpu_by_phase")
-    if cpu:
-        lines += ["", f"## How busy the {res['machine']['cpu_count']} cores were", "",
-                  table([[name, f"{v['wall_s']:.1f}", f"{v['own_cores']:.2f}",
-                          f"{v['foreign_cores']:.2f}"] for name, v in cpu.items()],
-                        ["phase", "wall s", "cores used by this run",
-                         "cores used by other processes"])]
     return "\n".join(lines)
 
 
@@ -318,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke run (few requests)")
     p.add_argument("--json", metavar="OUT",
                    help="where to write the results (default bench/results/serve-DATE.json)")
+    p.add_argument("--ingress", default="default,haproxy",
+                   help="comma-separated Serve ingresses to measure, each on its own cluster: "
+                        "default (Ray Serve's Python proxy), haproxy (RAY_SERVE_ENABLE_HA_PROXY)")
     p.add_argument("--baseline", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline:
@@ -333,7 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     log(format_facts(res["machine"]))
     _harness.MONITOR = _harness.CpuMonitor()
     t0 = time.perf_counter()
-    res.update(run(args))
+    res["ingress"] = {}
+    for mode in args.ingress.split(","):
+        if mode not in INGRESS:
+            p.error(f"--ingress: {mode!r} is not one of {', '.join(INGRESS)}")
+        # read by Serve's controller and proxies when they start: each ingress gets its own
+        # cluster (the embedded one inherits this process's environment)
+        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+        if mode == "haproxy":
+            os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        log(f"ingress: {INGRESS[mode]}")
+        with _harness.phase_prefix(mode):
+            res["ingress"][mode] = run(args)
     _harness.MONITOR.stop()
     res["cpu_by_phase"] = _harness.MONITOR.phases
     res["loadavg_end"] = list(os.getloadavg())
@@ -341,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res)
     print(text)
     print(f"\nwhole run: {res['wall_s']:.0f} s")
-    for part in ("part1", "part2", "part3"):
-        for s in res[part].values():
-            s.pop("latencies", None)
+    for sub in res["ingress"].values():
+        for part in ("part1", "part2", "part3"):
+            for s in sub[part].values():
+                s.pop("latencies", None)
     dest = args.json or str(Path(__file__).resolve().parent / "results" /
                             f"serve-{res['machine']['date']}{'-quick' if args.quick else ''}.json")
     Path(dest).write_text(json.dumps(res, indent=1, default=str))

@@ -54,6 +54,20 @@ def _state_file() -> Path:
     return get_config().home_path / "cluster.json"
 
 
+def _starting_file() -> Path:
+    return get_config().home_path / "cluster.starting"
+
+
+def embedded_starting() -> dict[str, Any] | None:
+    """A start of the embedded cluster under way in some process: its ``pid``, ``since``
+    (time.time()) and ``log``; None when none is (or its process is gone)."""
+    try:
+        info = json.loads(_starting_file().read_text())
+    except (OSError, ValueError):
+        return None
+    return info if _pid_alive(int(info.get("pid", -1))) else None
+
+
 def embedded_state() -> dict[str, Any] | None:
     """The recorded embedded cluster, if its head process is still alive."""
     path = _state_file()
@@ -122,34 +136,48 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
                     "--dashboard-port", str(dash)]
         else:
             cmd += ["--include-dashboard", "false"]
-        env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
+        # no drain on SIGTERM: nothing routes to this node from elsewhere (see _kill_group)
+        env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
+                             RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
                         {**_embedded_auth_env(), "RAY_ADDRESS": None})
-        out = open(logfile, "w")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if "Ray runtime started" in logfile.read_text(errors="replace"):
-                break
-            if proc.poll() is not None:
-                tail = logfile.read_text(errors="replace")[-600:]
-                raise ClusterUnavailable(f"the embedded Ray cluster failed to start (see {logfile}): "
-                                         f"{tail.strip().splitlines()[-1] if tail.strip() else 'no output'}")
-            if time.monotonic() > deadline:
-                _kill_group(proc.pid)
-                raise ClusterUnavailable(
-                    f"the embedded Ray cluster did not start within {timeout:.0f} s (see {logfile})")
-            time.sleep(0.1)
-        state = {
-            "address": f"127.0.0.1:{port}",
-            "client_address": f"ray://127.0.0.1:{client}",
-            "dashboard_url": f"http://127.0.0.1:{dash}" if cfg.dashboard else None,
-            "pid": proc.pid,
-            "started": time.time(),
-            "log": str(logfile),
-        }
-        _state_file().write_text(json.dumps(state, indent=1))
-        return state
+        _starting_file().write_text(json.dumps({"pid": os.getpid(), "since": time.time(),
+                                                "log": str(logfile)}))
+        try:
+            return _launch(cmd, env, logfile, timeout, cfg.dashboard, port, dash, client)
+        finally:
+            with contextlib.suppress(OSError):
+                _starting_file().unlink()
+
+
+def _launch(cmd: list[str], env: dict[str, str], logfile: Path, timeout: float,
+            dashboard: bool, port: int, dash: int, client: int) -> dict[str, Any]:
+    """Run ``ray start --block`` in its own session and wait until it says it started."""
+    out = open(logfile, "w")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    deadline = time.monotonic() + timeout
+    while True:
+        if "Ray runtime started" in logfile.read_text(errors="replace"):
+            break
+        if proc.poll() is not None:
+            tail = logfile.read_text(errors="replace")[-600:]
+            raise ClusterUnavailable(f"the embedded Ray cluster failed to start (see {logfile}): "
+                                     f"{tail.strip().splitlines()[-1] if tail.strip() else 'no output'}")
+        if time.monotonic() > deadline:
+            _kill_group(proc.pid)
+            raise ClusterUnavailable(
+                f"the embedded Ray cluster did not start within {timeout:.0f} s (see {logfile})")
+        time.sleep(0.1)
+    state = {
+        "address": f"127.0.0.1:{port}",
+        "client_address": f"ray://127.0.0.1:{client}",
+        "dashboard_url": f"http://127.0.0.1:{dash}" if dashboard else None,
+        "pid": proc.pid,
+        "started": time.time(),
+        "log": str(logfile),
+    }
+    _state_file().write_text(json.dumps(state, indent=1))
+    return state
 
 
 def _group_members(pgid: int) -> list[Any]:

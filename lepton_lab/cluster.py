@@ -27,7 +27,13 @@ from typing import Any
 # connect(), check_versions() and stop_embedded() look these names up in this module, so
 # patching lepton_lab.cluster.start_embedded or .local_versions (as tests and bench do)
 # still takes effect
-from ._embedded import _kill_group, _state_file, embedded_state, start_embedded  # noqa: F401
+from ._embedded import (  # noqa: F401
+    _kill_group,
+    _state_file,
+    embedded_starting,
+    embedded_state,
+    start_embedded,
+)
 from ._probe import (  # noqa: F401
     _reachable,
     _split_host_port,
@@ -200,8 +206,89 @@ def current() -> Connection | None:
     return _CONN
 
 
-def ensure_connected() -> Connection:
+# -- starting in the background ---------------------------------------------------------------
+class _Background:
+    """A start of the embedded cluster (and this process's connection to it) in a thread, so
+    that it overlaps with whatever the user does first. Its failure is told once."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.since = 0.0
+        self.error: str | None = None
+        self.connect = True
+
+    def run(self) -> None:
+        try:
+            if self.connect:
+                logging.getLogger("ray._private.worker").addFilter(_not_main_thread_filter)
+                ensure_connected(_background=True)
+            else:
+                start_embedded()
+        except BaseException as exc:  # noqa: BLE001 - told once, in the next cell
+            self.error = str(exc) or type(exc).__name__
+
+
+def _not_main_thread_filter(record: logging.LogRecord) -> bool:
+    return "not the main thread" not in record.getMessage()
+
+
+_BG = _Background()
+
+
+def start_in_background(connect: bool = True) -> bool:
+    """Start (or find) the embedded cluster in a thread, and with ``connect`` connect this
+    process to it, unless the user asked for another cluster (an address is set or this
+    process is connected), autostart is off, or a start is already under way here.
+
+    Returns whether a start began. The next :func:`ensure_connected` waits for it; a failure
+    is raised there once (with the log's path), and the call after that starts anew."""
+    cfg = get_config()
+    if not cfg.autostart or cfg.address or _CONN is not None or background_pending():
+        return False
+    _BG.error, _BG.since, _BG.connect = None, time.time(), connect
+    _BG.thread = threading.Thread(target=_BG.run, name="lepton-cluster-start", daemon=True)
+    _BG.thread.start()
+    return True
+
+
+def background_pending() -> bool:
+    return _BG.thread is not None and _BG.thread.is_alive()
+
+
+def background_state() -> dict[str, Any] | None:
+    """What the background start is doing: ``{"state": "starting"|"failed", "since", "error"}``,
+    or None when none ran in this process (or it succeeded)."""
+    if background_pending():
+        return {"state": "starting", "since": _BG.since, "error": None}
+    if _BG.error:
+        return {"state": "failed", "since": _BG.since, "error": _BG.error}
+    return None
+
+
+def _wait_background() -> None:
+    """Wait for this process's background start (Ctrl-C works), and tell its failure once."""
+    thread = _BG.thread
+    if thread is None:
+        return
+    deadline = time.monotonic() + get_config().start_timeout * 2 + get_config().connect_timeout
+    while thread.is_alive():
+        if time.monotonic() > deadline:
+            raise ClusterUnavailable(
+                f"the embedded Ray cluster has been starting in the background for "
+                f"{time.time() - _BG.since:.0f} s (see {get_config().home_path / 'cluster.log'});"
+                " wait, or `lepton cluster stop` and run the cell again")
+        thread.join(0.1)
+    _BG.thread = None
+    if _BG.error:
+        error, _BG.error = _BG.error, None
+        raise ClusterUnavailable(f"starting the embedded Ray cluster in the background failed: "
+                                 f"{error}; the next cell tries again")
+
+
+def ensure_connected(_background: bool = False) -> Connection:
     """The live connection, connecting (and starting the embedded cluster) on first use."""
+    if not _background and _BG.thread is not None:
+        _wait_background()
     with _LOCK:
         if _CONN is not None:
             import ray

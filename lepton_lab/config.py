@@ -59,6 +59,18 @@ class LeptonConfig(Configurable):
         "and every cluster node before shipping anything. Env: LEPTON_CHECK_VERSIONS=0 to skip.",
     ).tag(config=True)
 
+    autostart = Bool(
+        help="Start (or find) the embedded cluster in the background as soon as a kernel loads "
+        "the extension or the Jupyter server starts, so that the first cell does not wait for "
+        "it. Never when an address is set (RAY_ADDRESS, %lepton connect). "
+        "Env: LEPTON_AUTOSTART=0 to turn off. Default: on",
+    ).tag(config=True)
+
+    idle_stop_minutes = Float(
+        help="Stop a cluster started by `lepton up` after this many minutes without a running "
+        "or new job. Env: LEPTON_IDLE_STOP_MINUTES. Default: 0 (never; a laptop keeps it).",
+    ).tag(config=True)
+
     dashboard = Bool(
         True, help="Start the Ray dashboard with the embedded cluster (needed for the state API)."
     ).tag(config=True)
@@ -92,6 +104,17 @@ class LeptonConfig(Configurable):
     @default("address")
     def _default_address(self) -> str:
         return os.environ.get("RAY_ADDRESS", "")
+
+    @default("autostart")
+    def _default_autostart(self) -> bool:
+        return os.environ.get("LEPTON_AUTOSTART", "1") not in ("0", "false", "no")
+
+    @default("idle_stop_minutes")
+    def _default_idle_stop(self) -> float:
+        try:
+            return max(0.0, float(os.environ.get("LEPTON_IDLE_STOP_MINUTES", "0")))
+        except ValueError:
+            return 0.0
 
     @default("check_versions")
     def _default_check_versions(self) -> bool:

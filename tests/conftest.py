@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
+
+# Kernels and Jupyter servers that the suite starts share the one cluster of the integration
+# tests and must not start embedded clusters of their own in the background (each costs ~20 s
+# of CPU); tests/integration/test_autostart.py turns it on where it is what is tested.
+os.environ["LEPTON_AUTOSTART"] = "0"
 
 # The interrupt tests press Ctrl-C with _thread.interrupt_main(), which does nothing where
 # SIGINT is ignored, as it is for a suite started in the background (`nohup make test &`).

@@ -6,7 +6,7 @@
     lepton status
     lepton jobs [--limit N]
     lepton logs JOB | lepton cancel JOB
-    lepton cluster start | stop
+    lepton up [--idle-stop MIN] | lepton down | lepton cluster start | stop | status
     lepton dashboard [--port P] [--run ID]
 """
 
@@ -30,7 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("logs", "a job's text output"), ("cancel", "cancel a running job")):
         sub.add_parser(name, help=text).add_argument("job")
     c = sub.add_parser("cluster", help="the embedded local Ray cluster")
-    c.add_argument("action", choices=["start", "stop"])
+    c.add_argument("action", choices=["start", "stop", "status"])
+    up = sub.add_parser("up", help="start (or find) the embedded local Ray cluster and keep it "
+                                   "for every kernel until `lepton down`")
+    up.add_argument("--idle-stop", type=float, metavar="MIN", default=None,
+                    help="stop it after MIN minutes without a running or new job (default: "
+                         "LEPTON_IDLE_STOP_MINUTES, else never)")
+    sub.add_parser("down", help="stop the embedded local Ray cluster")
     from . import _dashboard as dashboard_cli
 
     dashboard_cli.add_parser(sub)
@@ -41,6 +47,46 @@ def _stopped(done: dict) -> str:
     how = (f"{done['forced']} process(es) killed after the grace time" if done["forced"]
            else "gracefully")
     return f"stopped in {done['seconds']:.1f} s ({how})"
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .. import cluster
+
+    action = {"up": "start", "down": "stop"}.get(args.command) or args.action
+    if action == "start":
+        state = cluster.start_embedded()
+        print(f"embedded Ray at {state['address']}; dashboard {state['dashboard_url']}")
+        minutes = getattr(args, "idle_stop", None)
+        minutes = cluster.get_config().idle_stop_minutes if minutes is None else minutes
+        if minutes and minutes > 0:
+            from ._idle import spawn
+
+            spawn(minutes, int(state["pid"]))
+            print(f"it stops after {minutes:g} min without a running or new job")
+    elif action == "stop":
+        done = cluster.stop_embedded()
+        print(_stopped(done) if done else "no embedded cluster was running")
+    else:
+        print(_cluster_line())
+    return 0
+
+
+def _cluster_line() -> str:
+    """The embedded cluster's state without connecting to it (or starting it)."""
+    import time
+
+    from .. import cluster
+
+    state = cluster.embedded_state()
+    if state:
+        return (f"embedded Ray at {state['address']} (pid {state['pid']}, up "
+                f"{(time.time() - state['started']) / 60:.0f} min); dashboard "
+                f"{state.get('dashboard_url') or 'off'}; log {state['log']}")
+    starting = cluster.embedded_starting()
+    if starting:
+        return (f"embedded Ray is starting ({time.time() - starting['since']:.0f} s so far); "
+                f"log {starting['log']}")
+    return "no embedded cluster is running (`lepton up` starts one)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,15 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             from ..remote._jobs import cancel
 
             print(f"{args.job}: {cancel(args.job).status}")
-        elif args.command == "cluster":
-            from .. import cluster
-
-            if args.action == "start":
-                state = cluster.start_embedded()
-                print(f"embedded Ray at {state['address']}; dashboard {state['dashboard_url']}")
-            else:
-                done = cluster.stop_embedded()
-                print(_stopped(done) if done else "no embedded cluster was running")
+        elif args.command in ("cluster", "up", "down"):
+            return _cluster(args)
     except LeptonError as exc:
         print(f"lepton: {exc}", file=sys.stderr)
         return 2

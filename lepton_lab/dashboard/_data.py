@@ -419,6 +419,10 @@ def cluster_summary() -> dict[str, Any]:
     except LeptonError as exc:
         return {"connected": False, "reason": str(exc).splitlines()[0] if str(exc) else
                 type(exc).__name__}
+    if st.get("state") == "starting":
+        from ..remote._status import starting_text
+
+        return {"connected": False, "reason": starting_text(st)}
     st["connected"] = True
     total, free = st.get("total", {}), st.get("free", {})
     st["used"] = {k: max(0.0, float(total.get(k, 0.0)) - float(free.get(k, 0.0)))

@@ -4,9 +4,10 @@ from ._models import HELP as _MODELS_HELP
 
 DOC = """Run a cell on the Ray cluster, or manage the cluster and its jobs.
 
-The first `%%lepton` cell connects to the cluster: the embedded local Ray (started on first
-use, shared by every kernel on this machine), or the cluster named by RAY_ADDRESS or by
-`%lepton connect`. The names the cell reads are sent from the kernel; the names it assigns
+The first `%%lepton` cell connects to the cluster: the embedded local Ray (shared by every
+kernel on this machine; it starts in the background as soon as the extension loads, so it is
+usually up by the time you run a cell; LEPTON_AUTOSTART=0 turns that off), or the cluster
+named by RAY_ADDRESS or by `%lepton connect` (then nothing embedded starts). The names the cell reads are sent from the kernel; the names it assigns
 come back (tensors and modules on the CPU). Output streams into the cell as it is printed.
 Ctrl-C (or the stop button) cancels the remote work and frees its resources.
 

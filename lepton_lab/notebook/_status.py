@@ -6,11 +6,13 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from ..remote._status import GiB, gpu_text
+from ..remote._status import GiB, gpu_text, starting_text
 
 
 def format_html(st: dict[str, Any]) -> str:
     e = html.escape
+    if st.get("state") == "starting":
+        return f"<div class='lepton-status'>{e(starting_text(st))}</div>"
     dash = (f'<a href="{e(st["dashboard_url"])}" target="_blank">{e(st["dashboard_url"])}</a>'
             if st["dashboard_url"] else "not available")
     rows = "".join(

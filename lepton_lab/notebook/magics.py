@@ -436,7 +436,12 @@ def _warm_imports() -> None:
 
 def register(ipython: Any) -> None:
     if getattr(ipython, "kernel", None) is not None:  # a notebook kernel, not a plain shell
+        from .. import cluster
+
+        # `import ray` (seconds) overlaps with the embedded cluster's start, and both with
+        # the user writing the first cell; with an address set, only `import ray`
         threading.Thread(target=_warm_imports, daemon=True, name="lepton-warm-imports").start()
+        cluster.start_in_background()
     magics = LeptonMagics(ipython)
     ipython.register_magics(magics)
     _REGISTERED[id(ipython)] = magics

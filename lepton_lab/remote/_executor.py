@@ -27,6 +27,7 @@ import time
 import traceback
 from typing import Any, Callable, Iterator
 
+from ._capture import fd_capture, keep_for_process
 from ._values import pack_values, resolve_values
 
 MPL_BACKEND = "module://lepton_lab.remote._mpl_backend"
@@ -107,44 +108,6 @@ class _TextStream(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
-
-
-class _FdCapture:
-    """Send what C code and subprocesses write to fd 1/2 into the cell too."""
-
-    def __init__(self, emitter: Emitter):
-        self._emitter = emitter
-        self._saved: dict[int, int] = {}
-        self._threads: list[threading.Thread] = []
-
-    def __enter__(self) -> "_FdCapture":
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            try:
-                read_end, write_end = os.pipe()
-                self._saved[fd] = os.dup(fd)
-                os.dup2(write_end, fd)
-                os.close(write_end)
-            except OSError:
-                continue
-            t = threading.Thread(target=self._pump, args=(read_end, name), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def _pump(self, read_end: int, name: str) -> None:
-        with os.fdopen(read_end, "rb", buffering=0) as f:
-            while True:
-                chunk = f.read(65536)
-                if not chunk:
-                    return
-                self._emitter.stream(name, chunk.decode("utf-8", errors="replace"))
-
-    def __exit__(self, *exc: Any) -> None:
-        for fd, saved in self._saved.items():
-            os.dup2(saved, fd)  # closes our pipe's write end: the pump sees EOF
-            os.close(saved)
-        for t in self._threads:
-            t.join(timeout=2.0)
 
 
 # -- rich output -----------------------------------------------------------------------------
@@ -342,7 +305,8 @@ def execute(payload: dict[str, Any], ns: dict[str, Any], emitter: Emitter) -> di
         _prepare_matplotlib(source)
         _patch_ipython_display(source)
         body, last = _compile(source, filename)
-        with _FdCapture(emitter) if payload.get("capture_fd", True) else contextlib.nullcontext():
+        with fd_capture(emitter) if payload.get("capture_fd", True) else \
+                contextlib.nullcontext():
             sys.stdout, sys.stderr = _TextStream(emitter, "stdout"), _TextStream(emitter, "stderr")
             try:
                 exec(body, ns)
@@ -431,5 +395,6 @@ def run_task(payload: dict[str, Any]) -> Iterator[list[tuple]]:
         # The cell thread hands each batch to this generator thread; with the default 5 ms
         # GIL switch interval that hand-off dominated a trivial cell's round trip.
         sys.setswitchinterval(0.0005)
+        keep_for_process()
         _TASK_RUNNER = CellThread()
     yield from stream_cell(payload, new_namespace(), _TASK_RUNNER)

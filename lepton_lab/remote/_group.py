@@ -19,6 +19,7 @@ from ..cluster import ensure_connected
 from ..config import get_config
 from ..errors import CellTimeout, ClusterUnavailable, JobCancelled, WorkerDied
 from ._analysis import analyze
+from ._capture import keep_for_process
 from ._executor import CellThread, new_namespace, stream_cell
 from ._nodes import alive_capacity, lost_nodes, node_label
 from ._sink import LogTee, RankFolder, Sink
@@ -33,6 +34,7 @@ class _Rank:
 
     def __init__(self, rank: int, world: int):
         self.rank, self.world = rank, world
+        keep_for_process()       # this actor's process is ours: route fd 1/2 once
         self.runner = CellThread()
         self.ns = new_namespace()
         self.cells = 0

@@ -189,7 +189,8 @@ def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
 
     pending = dict(streams)
     results: dict[Any, dict] = {}
-    started = next_check = time.monotonic()
+    started = time.monotonic()
+    next_check = started + 1.0          # a cell that ends within a second reads nothing
     while pending:
         if job_id is not None and time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
@@ -302,10 +303,16 @@ def record_submission(kind: str, body: str, an: CellAnalysis, spec: CellSpec, cl
                       origin: str | None) -> str:
     """A new job id, recorded in the store with its audit entry (before anything runs)."""
     job_id = new_job_id()
+    record_job(job_id, kind, body, an, spec, cluster, origin)
+    return job_id
+
+
+def record_job(job_id: str, kind: str, body: str, an: CellAnalysis, spec: CellSpec,
+               cluster: str, origin: str | None) -> None:
+    """The job's record and its audit entry, in one transaction."""
     get_store().create_job(job_id, kind=kind, name=spec.name, cluster=cluster,
                            resources=spec.resources(), source=body,
-                           source_hash=an.source_hash, origin=origin)
-    return job_id
+                           source_hash=an.source_hash, origin=origin, fetch=False)
 
 
 class Recorder:
@@ -365,11 +372,12 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
     check_feasible(spec)
     values = ship_values(an.reads, namespace)
     payload = build_payload(an, spec, values)
-    job_id = record_submission("cell", body, an, spec, conn.address, origin)
     tee = LogTee(sink)
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     if conn.is_client:
+        job_id = record_submission("cell", body, an, spec, conn.address, origin)
         return _run_through_keeper(job_id, payload, spec, namespace, tee, deadline)
+    job_id = new_job_id()
     noted = []
 
     def idle(waited: float) -> None:
@@ -385,6 +393,9 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
             # submitted inside the try: a Ctrl-C right after submission still cancels it
             gens.append(_remote_task().options(name=f"lepton:{job_id}",
                                                **spec.ray_options()).remote(payload))
+            # recorded (job and audit entry, one transaction) while the task runs: off the
+            # cell's critical path, and still committed before its outcome is shown
+            record_job(job_id, "cell", body, an, spec, conn.address, origin)
             results = consume({gens[0]: None}, lambda _r, ev: tee.handle(ev), deadline=deadline,
                               idle=idle, job_id=job_id)
         except KeyboardInterrupt:
@@ -398,6 +409,9 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
             cancel_streams(gens)
             raise CellTimeout(f"the cell ran past --timeout {spec.timeout:g} s; the remote work "
                               "was cancelled and its resources freed") from None
+        except Exception:
+            cancel_streams(gens)   # e.g. the record could not be written: nothing runs on
+            raise
         outcome = finish_outcome(job_id, results, lambda _r: "remote cell")
         apply_outcome(outcome, namespace, tee, "the cluster")
         return outcome

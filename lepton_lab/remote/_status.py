@@ -9,16 +9,47 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..cluster import ensure_connected, probe_nodes
+from ..cluster import (
+    background_state,
+    current,
+    embedded_starting,
+    ensure_connected,
+    probe_nodes,
+)
+from ..config import get_config
 from ..store import get_store
 
 GiB = 1024**3
 
 
-def cluster_status(*, probe: bool = True) -> dict[str, Any]:
-    """Connect if needed and describe the cluster (``probe`` asks each node for GPU facts)."""
+def starting_status() -> dict[str, Any] | None:
+    """The embedded cluster still starting in the background (in this process or another)
+    while this process is not connected: what status shows instead of waiting for it."""
+    if current() is not None:
+        return None
+    bg = background_state()
+    if bg and bg["state"] == "starting":
+        since = bg["since"]
+    else:
+        other = embedded_starting()
+        if not other:
+            return None
+        since = other["since"]
+    return {"state": "starting", "since": since,
+            "log": str(get_config().home_path / "cluster.log")}
+
+
+def cluster_status(*, probe: bool = True, wait: bool = False) -> dict[str, Any]:
+    """Connect if needed and describe the cluster (``probe`` asks each node for GPU facts).
+
+    While the embedded cluster starts in the background, ``{"state": "starting", ...}``
+    comes back at once, unless ``wait``."""
     import ray
 
+    if not wait:
+        starting = starting_status()
+        if starting:
+            return starting
     conn = ensure_connected()
     facts = conn.node_versions
     if probe and not facts:
@@ -67,7 +98,15 @@ def gpu_text(node: dict[str, Any]) -> str:
     return f"{node['gpus']:g}" if node["gpus"] else "none"
 
 
+def starting_text(st: dict[str, Any]) -> str:
+    return (f"the embedded local Ray cluster is starting in the background "
+            f"({time.time() - st['since']:.0f} s so far; log: {st['log']}); the next cell waits "
+            "for it")
+
+
 def format_text(st: dict[str, Any]) -> str:
+    if st.get("state") == "starting":
+        return starting_text(st)
     kind = {"embedded": "embedded local Ray", "client": "Ray client", "address": "Ray cluster"}
     lines = [f"{kind.get(st['kind'], st['kind'])} at {st['address']}",
              f"dashboard: {st['dashboard_url'] or 'not available'}",

@@ -20,6 +20,13 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     setup_handlers(serverapp.web_app)
     serverapp.log.info("lepton_lab: REST API at %slepton/api/",
                        serverapp.web_app.settings.get("base_url", "/"))
+    from .. import cluster
+
+    # the embedded cluster comes up while the user opens a notebook (never with an address
+    # set; LEPTON_AUTOSTART=0 turns it off); this server connects only when asked
+    if cluster.start_in_background(connect=False):
+        serverapp.log.info("lepton_lab: starting the embedded Ray cluster in the background "
+                           "(log: %s)", cluster.get_config().home_path / "cluster.log")
 
 
 # the name older Jupyter servers look for

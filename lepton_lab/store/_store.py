@@ -167,8 +167,10 @@ class Store(CatalogMixin, PipelinesMixin):
         source: str,
         source_hash: str,
         origin: str | None = None,
-    ) -> JobRecord:
-        """Record a submission and append its audit entry, in one transaction."""
+        fetch: bool = True,
+    ) -> JobRecord | None:
+        """Record a submission and append its audit entry, in one transaction; return the new
+        record (``fetch=False``: nothing, and no read after the write)."""
         now = time.time()
         user = current_user()
         res = json.dumps(resources, sort_keys=True)
@@ -184,7 +186,7 @@ class Store(CatalogMixin, PipelinesMixin):
                 " outcome) VALUES (?,?,?,?,?,?,?,?)",
                 (now, user, "submit", job_id, source_hash, res, cluster, "submitted"),
             )
-        return self.get_job(job_id)
+        return self.get_job(job_id) if fetch else None
 
     def finish_job(
         self, job_id: str, status: str, *, error: str | None = None, log: str | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -159,3 +161,21 @@ def test_kernel_spec_preloads_the_extension(cluster, tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_audit_survives_a_kernel_killed_right_after_the_cell(kernel):
+    """The job and its audit entries are committed before the cell's outcome is shown (the
+    submission is recorded while the task runs, the outcome before the reply): a kernel lost
+    at once after the reply loses neither."""
+    from lepton_lab.store import get_store
+
+    kernel.execute("%load_ext lepton_lab")
+    reply, msgs = kernel.execute("%%lepton --name killed-after\nanswer = 6 * 7\nprint(answer)")
+    assert reply["status"] == "ok", reply
+    assert "42" in text_of(msgs)
+    os.kill(kernel.km.provisioner.pid, signal.SIGKILL)      # no clean exit, no atexit
+    job = get_store().find_job("killed-after")
+    assert job.status == "succeeded"
+    actions = sorted(e["action"] for e in get_store().audit_entries(job_id=job.id))
+    assert actions == ["outcome", "submit"]
+    assert "42" in (get_store().get_job(job.id).log or "")

@@ -201,3 +201,70 @@ def test_embedded_auth_is_undone_for_the_users_cluster(monkeypatch):
     assert os.environ["RAY_AUTH_TOKEN"] == "users-own-token"
     assert "RAY_AUTH_TOKEN_PATH" not in os.environ
     assert os.environ["RAY_AUTH_MODE"] == "token"
+
+
+# -- the background start (issue 15) -----------------------------------------------------------
+@pytest.fixture
+def autostart(lepton_home, monkeypatch):
+    """LEPTON_AUTOSTART on, no address; the start under test is reset afterwards."""
+    monkeypatch.setenv("LEPTON_AUTOSTART", "1")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    reset_config()
+    yield lepton_home
+    if cluster._BG.thread is not None:
+        cluster._BG.thread.join(10)
+    cluster._BG.thread, cluster._BG.error = None, None
+
+
+def test_a_failed_background_start_is_told_once_with_its_log_then_retried(autostart,
+                                                                          monkeypatch):
+    calls = []
+
+    def failing_start(timeout=None):
+        calls.append(time.monotonic())
+        raise ClusterUnavailable(f"the embedded Ray cluster failed to start (see "
+                                 f"{autostart / 'cluster.log'}): boom")
+
+    monkeypatch.setattr(cluster, "start_embedded", failing_start)
+    assert cluster.start_in_background() is True
+    with pytest.raises(ClusterUnavailable) as first:
+        cluster.ensure_connected()
+    assert "in the background failed" in str(first.value)
+    assert str(autostart / "cluster.log") in str(first.value)
+    assert "\n" not in str(first.value)
+    # the next call starts anew, in the foreground, and says so without "background"
+    with pytest.raises(ClusterUnavailable) as second:
+        cluster.ensure_connected()
+    assert "in the background" not in str(second.value) and len(calls) == 2
+
+
+def test_status_says_starting_while_the_background_start_runs(autostart, monkeypatch):
+    from lepton_lab.remote._status import cluster_status, format_text
+
+    release = __import__("threading").Event()
+
+    def slow_start(timeout=None):
+        release.wait(20)
+        raise ClusterUnavailable("stopped by the test")
+
+    monkeypatch.setattr(cluster, "start_embedded", slow_start)
+    assert cluster.start_in_background() is True
+    assert cluster.start_in_background() is False          # one start at a time
+    try:
+        st = cluster_status()                               # answers at once, no wait
+        assert st["state"] == "starting"
+        text = format_text(st)
+        assert "starting in the background" in text and "cluster.log" in text
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("env", [{"LEPTON_AUTOSTART": "0"}, {"RAY_ADDRESS": "127.0.0.1:9"}])
+def test_no_background_start_when_off_or_an_address_is_set(autostart, monkeypatch, env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reset_config()
+    monkeypatch.setattr(cluster, "start_embedded",
+                        lambda timeout=None: pytest.fail("nothing may start a cluster"))
+    assert cluster.start_in_background() is False
+    assert cluster._BG.thread is None
