@@ -51,11 +51,13 @@ def test_load_ext_connects_in_the_background_and_the_first_cell_needs_no_wait(cl
                      "    time.sleep(0.1)\n"
                      "print('connected to', _c.current().address, _c.current().kind)")
         assert f"connected to {cluster.address} embedded" in out, out
-        t0 = time.monotonic()
         out = _py(k, "%%lepton\nimport os\nprint('ran in', os.getpid())")
         assert "ran in" in out, out
-        out = _py(k, "%lepton status")
-        assert "embedded local Ray at" in out and "starting" not in out, out
+        reply, msgs = k.execute("%lepton status", timeout=60)
+        shown = "".join(m["content"]["data"].get("text/plain", "") for m in msgs
+                        if m["msg_type"] in ("display_data", "execute_result"))
+        assert reply["status"] == "ok", reply
+        assert "embedded local Ray at" in shown and "starting" not in shown, shown
     finally:
         k.stop()
 
