@@ -125,18 +125,41 @@ class Kernel:
             self.km.shutdown_kernel(now=True)
 
 
-def cold_first_cell(dog: dict[str, bool]) -> dict[str, Any]:
-    """Kernel process start -> result of its first %%lepton cell, in a brand-new LEPTON_HOME.
+@contextlib.contextmanager
+def fresh_home_run(prefix: str, dog: dict[str, bool], what: str):
+    """A run in a brand-new LEPTON_HOME: yields ``(home, result dict, kernels to stop)``.
 
-    A failure (e.g. Ray's own start-up timeout on an overloaded machine) is recorded as the
-    run's ``error``, after the same clean-up."""
-    home = tempfile.mkdtemp(prefix="lepton-bench-cold-")
+    A failure (e.g. Ray's own start-up timeout on an overloaded machine, or the watchdog's
+    interrupt) becomes the result's ``error`` with the cluster log's tail; whatever happened,
+    the kernels are stopped, the cluster with ``lepton cluster stop`` (checking that nothing
+    of it is left) and the home is removed."""
+    home = tempfile.mkdtemp(prefix=prefix)
     on_emergency(lambda: kill_session(head_pid(home) or -1))
     r: dict[str, Any] = {"lepton_home": home}
-    kernel = None
+    kernels: list[Kernel] = []
     try:
+        yield home, r, kernels
+    except (Exception, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt) and not dog["fired"]:
+            raise
+        r["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+        with contextlib.suppress(OSError):
+            r["cluster_log_tail"] = (Path(home) / "cluster.log").read_text()[-3000:]
+        log(f"{what}: the run failed: {r['error']}")
+    finally:
+        r["loadavg"] = list(os.getloadavg())
+        for kernel in kernels:
+            kernel.stop()
+        r.update(stop_cluster_cli(home))
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def cold_first_cell(dog: dict[str, bool]) -> dict[str, Any]:
+    """Kernel process start -> result of its first %%lepton cell, in a brand-new LEPTON_HOME."""
+    with fresh_home_run("lepton-bench-cold-", dog, "part 4") as (home, r, kernels):
         t0 = time.perf_counter()
         kernel = Kernel(clean_env(home))
+        kernels.append(kernel)
         r["kernel_ready_s"] = time.perf_counter() - t0
         t = time.perf_counter()
         kernel.execute("%load_ext lepton_lab", 60)
@@ -159,19 +182,6 @@ def cold_first_cell(dog: dict[str, bool]) -> dict[str, Any]:
         r["version_probe_s"] = parts.get("check_versions", 0.0)
         r["first_task_s"] = r["first_cell_s"] - r["ray_start_s"] - r["connect_s"] \
             - r["version_probe_s"]
-    except (Exception, KeyboardInterrupt) as exc:
-        if isinstance(exc, KeyboardInterrupt) and not dog["fired"]:
-            raise
-        r["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-        with contextlib.suppress(OSError):
-            r["cluster_log_tail"] = (Path(home) / "cluster.log").read_text()[-3000:]
-        log(f"part 4: the run failed: {r['error']}")
-    finally:
-        r["loadavg"] = list(os.getloadavg())
-        if kernel is not None:
-            kernel.stop()
-        r.update(stop_cluster_cli(home))
-        shutil.rmtree(home, ignore_errors=True)
     return r
 
 

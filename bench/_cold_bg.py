@@ -15,16 +15,12 @@ Three cases, each on a real python3 kernel in a brand-new LEPTON_HOME with
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from _cold import BIN, TRIVIAL, Kernel, clean_env, head_pid, log, stop_cluster_cli
-from _harness import kill_session, on_emergency, phase, watchdog
+from _cold import BIN, TRIVIAL, Kernel, clean_env, fresh_home_run, log
+from _harness import phase, watchdog
 
 WAIT_USABLE = """
 import time as _t
@@ -43,11 +39,8 @@ def env_for(home: str) -> dict[str, str]:
 
 
 def one_run(case: str, dog: dict[str, bool]) -> dict[str, Any]:
-    home = tempfile.mkdtemp(prefix="lepton-bench-bg-")
-    on_emergency(lambda: kill_session(head_pid(home) or -1))
-    r: dict[str, Any] = {"case": case}
-    kernel = None
-    try:
+    with fresh_home_run("lepton-bench-bg-", dog, f"part 4b ({case})") as (home, r, kernels):
+        r["case"] = case
         if case == "cluster already up":
             t = time.perf_counter()
             up = subprocess.run([str(BIN / "lepton"), "up"], env=env_for(home),
@@ -57,6 +50,7 @@ def one_run(case: str, dog: dict[str, bool]) -> dict[str, Any]:
                 raise RuntimeError(f"lepton up failed: {(up.stdout + up.stderr)[-300:]}")
         t0 = time.perf_counter()
         kernel = Kernel(env_for(home))
+        kernels.append(kernel)
         r["kernel_ready_s"] = time.perf_counter() - t0
         t = time.perf_counter()
         kernel.execute("%load_ext lepton_lab", 60)
@@ -75,19 +69,6 @@ def one_run(case: str, dog: dict[str, bool]) -> dict[str, Any]:
         r["first_cell_s"] = t_end - t
         r["total_s"] = t_end - t0
         r["z"] = reply["user_expressions"]["z"].get("data", {}).get("text/plain")
-    except (Exception, KeyboardInterrupt) as exc:
-        if isinstance(exc, KeyboardInterrupt) and not dog["fired"]:
-            raise
-        r["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-        with contextlib.suppress(OSError):
-            r["cluster_log_tail"] = (Path(home) / "cluster.log").read_text()[-3000:]
-        log(f"part 4b ({case}): the run failed: {r['error']}")
-    finally:
-        r["loadavg"] = list(__import__("os").getloadavg())
-        if kernel is not None:
-            kernel.stop()
-        r.update(stop_cluster_cli(home))
-        shutil.rmtree(home, ignore_errors=True)
     return r
 
 

@@ -47,17 +47,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def kernel_for(env: dict[str, str]) -> KernelClient:
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        return KernelClient()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def run(k: KernelClient, code: str, timeout: float = 120) -> tuple[dict, str]:
     reply, msgs = k.execute(code, timeout=timeout)
     return reply, text_of(msgs)
@@ -176,7 +165,7 @@ def main() -> int:
     k = None
     started = time.monotonic()
     try:
-        k = kernel_for(cluster.kernel_env(root / "home"))
+        k = KernelClient(cluster.kernel_env(root / "home"))
         reply, out = run(k, "%load_ext lepton_lab\nimport json, ray\nfrom lepton_lab.cluster "
                             "import ensure_connected\n_conn = ensure_connected()")
         if reply["status"] != "ok":

@@ -118,11 +118,12 @@ def running_lepton_tasks() -> list:
 class KernelClient:
     """A real IPython kernel (python3 kernel spec) with helpers that keep iopub messages."""
 
-    def __init__(self):
+    def __init__(self, env: dict[str, str] | None = None):
+        """``env``: the kernel's whole environment (default: this process's)."""
         from jupyter_client.manager import KernelManager
 
         self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel(env=dict(os.environ), cwd=str(REPO))
+        self.km.start_kernel(env=dict(os.environ) if env is None else env, cwd=str(REPO))
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

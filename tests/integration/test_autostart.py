@@ -17,18 +17,8 @@ from .conftest import KernelClient, text_of
 pytestmark = pytest.mark.integration
 
 
-def _kernel(**env: str | None) -> KernelClient:
-    saved = dict(os.environ)
-    try:
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        return KernelClient()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def _kernel(**env: str) -> KernelClient:
+    return KernelClient(dict(os.environ, **env))
 
 
 def _py(k: KernelClient, code: str, timeout: float = 60) -> str:

@@ -69,21 +69,10 @@ def external(tmp_path_factory, cluster):
                 pass
 
 
-def _kernel(env: dict) -> KernelClient:
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        return KernelClient()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def test_cells_run_on_an_existing_two_node_cluster(external, tmp_path):
     home = tmp_path / "home"
     env = dict(external["env"], RAY_ADDRESS=external["address"], LEPTON_HOME=str(home))
-    k = _kernel(env)
+    k = KernelClient(env)
     try:
         k.execute("%load_ext lepton_lab")
         reply, msgs = k.execute("%%lepton\nimport ray\nnode = ray.get_runtime_context()"
@@ -111,7 +100,7 @@ def test_cells_run_on_an_existing_two_node_cluster(external, tmp_path):
 
 def test_ray_client_address(external, tmp_path):
     env = dict(external["env"], RAY_ADDRESS=external["client"], LEPTON_HOME=str(tmp_path))
-    k = _kernel(env)
+    k = KernelClient(env)
     try:
         k.execute("%load_ext lepton_lab")
         k.execute("a = 20")
@@ -130,7 +119,7 @@ def test_ray_client_address(external, tmp_path):
 def test_unreachable_address_is_one_line_and_never_falls_back(cluster, tmp_path):
     home = tmp_path / "home"
     env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{free_port()}", LEPTON_HOME=str(home))
-    k = _kernel(env)
+    k = KernelClient(env)
     try:
         k.execute("%load_ext lepton_lab")
         t = time.monotonic()

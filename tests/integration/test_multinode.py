@@ -9,7 +9,6 @@ a warm group names the rank and node it lost and restarts on the nodes that rema
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 
@@ -22,17 +21,6 @@ from .multinode import TRAIN_CELL, MultiNodeCluster, kill_when_marked
 # tests share it (the suite's 300-s default is per test, fixture set-up included)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-def _kernel(env: dict) -> KernelClient:
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        return KernelClient()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @pytest.fixture(scope="module")
 def multinode():
     cluster = MultiNodeCluster(workers=2, head_cpus=1).start()
@@ -44,7 +32,7 @@ def multinode():
 
 @pytest.fixture(scope="module")
 def mkernel(multinode, tmp_path_factory):
-    k = _kernel(multinode.kernel_env(tmp_path_factory.mktemp("multinode-home")))
+    k = KernelClient(multinode.kernel_env(tmp_path_factory.mktemp("multinode-home")))
     try:
         reply, msgs = k.execute("%load_ext lepton_lab\nimport json, ray\n"
                                 "from lepton_lab.cluster import ensure_connected\n"
