@@ -176,6 +176,8 @@ def connect(address: str | None = None) -> Connection:
         if conn.dashboard_url is None and conn.kind != "client":
             conn.dashboard_url = _dashboard_url()
         _CONN = conn
+        if threading.current_thread() is not _BG.thread:
+            _BG.error = None    # the user's own connection supersedes a failed background start
         return conn
 
 
