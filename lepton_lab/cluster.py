@@ -225,9 +225,34 @@ class _Background:
                 logging.getLogger("ray._private.worker").addFilter(_not_main_thread_filter)
                 ensure_connected(_background=True)
             else:
-                start_embedded()
+                _up_elsewhere()
         except BaseException as exc:  # noqa: BLE001 - told once, in the next cell
             self.error = str(exc) or type(exc).__name__
+
+
+_UP = "from lepton_lab import cluster; cluster.start_embedded(); cluster.warm_up()"
+
+
+def _up_elsewhere() -> None:
+    """Start and warm the embedded cluster from a child process, so that this process (the
+    Jupyter server) does not become a Ray driver."""
+    import subprocess
+    import sys
+
+    limit = get_config().start_timeout * 2 + get_config().connect_timeout + 60
+    proc = subprocess.run([sys.executable, "-c", _UP], capture_output=True, text=True,
+                          timeout=limit, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ClusterUnavailable(lines[-1] if lines else f"exit status {proc.returncode}")
+
+
+def warm_up() -> None:
+    """Connect once and go: the version check runs and is cached in LEPTON_HOME for the
+    kernels to come, and Ray keeps the worker that ran it (torch imported) for their first
+    cell. Used by ``lepton up`` and the Jupyter server's background start."""
+    ensure_connected()
+    disconnect()
 
 
 def _not_main_thread_filter(record: logging.LogRecord) -> bool:

@@ -55,6 +55,7 @@ def _cluster(args: argparse.Namespace) -> int:
     action = {"up": "start", "down": "stop"}.get(args.command) or args.action
     if action == "start":
         state = cluster.start_embedded()
+        cluster.warm_up()          # the first cell of the next kernel then waits for less
         print(f"embedded Ray at {state['address']}; dashboard {state['dashboard_url']}")
         minutes = getattr(args, "idle_stop", None)
         minutes = cluster.get_config().idle_stop_minutes if minutes is None else minutes
