@@ -52,7 +52,7 @@ run: venv
 	$(BIN)/lepton run templates/quickstart.ipynb
 
 test: lint $(LABEXT) chromium
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=20
 
 # The layers (adapters -> features -> remote -> ground) are the contracts in pyproject.toml.
 lint: venv

@@ -69,7 +69,7 @@ from _serve_load import (  # noqa: E402
     stop_baseline,
 )
 
-INGRESS = {"default": "Ray Serve's default proxy",
+INGRESS = {"proxy": "Ray Serve's Python proxy",
            "haproxy": "Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1)"}
 HIDDEN = 2048
 GOAL_OVERHEAD_MS = 2.0
@@ -340,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke run (few requests)")
     p.add_argument("--json", metavar="OUT",
                    help="where to write the results (default bench/results/serve-DATE.json)")
-    p.add_argument("--ingress", default="default,haproxy",
+    p.add_argument("--ingress", default="proxy,haproxy",
                    help="comma-separated Serve ingresses to measure, each on its own cluster: "
-                        "default (Ray Serve's Python proxy), haproxy (RAY_SERVE_ENABLE_HA_PROXY)")
+                        "proxy (Ray Serve's Python proxy), haproxy (its HAProxy ingress, "
+                        "Lepton's default)")
     p.add_argument("--baseline", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline:
@@ -364,9 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--ingress: {mode!r} is not one of {', '.join(INGRESS)}")
         # read by Serve's controller and proxies when they start: each ingress gets its own
         # cluster (the embedded one inherits this process's environment)
-        os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-        if mode == "haproxy":
-            os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if mode == "haproxy" else "0"
         log(f"ingress: {INGRESS[mode]}")
         with _harness.phase_prefix(mode):
             res["ingress"][mode] = run(args)

@@ -140,6 +140,10 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
         env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                              RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
                         {**_embedded_auth_env(), "RAY_ADDRESS": None})
+        # the endpoints' ingress: read by Serve's controller, proxies and replicas at start
+        # (a RAY_SERVE_ENABLE_HA_PROXY the user set wins)
+        env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if cfg.serve_ingress == "haproxy"
+                       else "0")
         _starting_file().write_text(json.dumps({"pid": os.getpid(), "since": time.time(),
                                                 "log": str(logfile)}))
         try:

@@ -85,6 +85,13 @@ class LeptonConfig(Configurable):
         help="Port of Ray Serve's HTTP proxy for endpoints. Env: LEPTON_SERVE_PORT. Default: 8000",
     ).tag(config=True)
 
+    serve_ingress = Unicode(
+        help="How HTTP reaches endpoints on the embedded cluster: 'haproxy' (Ray Serve's "
+        "HAProxy ingress, RAY_SERVE_ENABLE_HA_PROXY=1; about 3x lower latency here, see "
+        "docs/benchmarks.md) or 'proxy' (Ray Serve's Python proxy). On an existing cluster its "
+        "own environment decides. Env: LEPTON_SERVE_INGRESS. Default: haproxy",
+    ).tag(config=True)
+
     max_request_mb = Float(
         16.0, help="Largest request body an endpoint accepts, in MiB (larger gets HTTP 413)."
     ).tag(config=True)
@@ -92,6 +99,17 @@ class LeptonConfig(Configurable):
     @default("serve_host")
     def _default_serve_host(self) -> str:
         return os.environ.get("LEPTON_SERVE_HOST", "127.0.0.1")
+
+    @default("serve_ingress")
+    def _default_serve_ingress(self) -> str:
+        value = os.environ.get("LEPTON_SERVE_INGRESS", "haproxy").strip().lower()
+        if value not in ("haproxy", "proxy"):
+            import logging
+
+            logging.getLogger("lepton_lab").warning(
+                "LEPTON_SERVE_INGRESS=%r is not 'haproxy' or 'proxy'; using haproxy", value)
+            return "haproxy"
+        return value
 
     @default("serve_port")
     def _default_serve_port(self) -> int:

@@ -268,3 +268,17 @@ def test_no_background_start_when_off_or_an_address_is_set(autostart, monkeypatc
                         lambda timeout=None: pytest.fail("nothing may start a cluster"))
     assert cluster.start_in_background() is False
     assert cluster._BG.thread is None
+
+
+@pytest.mark.parametrize("value, expected", [(None, "haproxy"), ("proxy", "proxy"),
+                                             ("HAProxy", "haproxy"), ("nginx", "haproxy")])
+def test_serve_ingress_setting(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("LEPTON_SERVE_INGRESS", raising=False)
+    else:
+        monkeypatch.setenv("LEPTON_SERVE_INGRESS", value)
+    reset_config()
+    try:
+        assert get_config().serve_ingress == expected
+    finally:
+        reset_config()
