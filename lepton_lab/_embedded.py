@@ -144,6 +144,17 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
         # (a RAY_SERVE_ENABLE_HA_PROXY the user set wins)
         env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if cfg.serve_ingress == "haproxy"
                        else "0")
+        # HAProxy's files default to one /tmp/haproxy-serve per machine: one per cluster here
+        # (short: Ray adds the node id, and HAProxy refuses socket paths over about 90 bytes)
+        import hashlib
+        import tempfile
+
+        ha = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()) / \
+            f"lhap-{hashlib.sha1(str(home).encode()).hexdigest()[:6]}"
+        for key, path in (("CONFIG_FILE_LOC", ha / "haproxy.cfg"),
+                          ("SOCKET_PATH", ha / "admin.sock"), ("SERVER_STATE_BASE", ha),
+                          ("SERVER_STATE_FILE", ha / "server-state")):
+            env.setdefault(f"RAY_SERVE_HAPROXY_{key}", str(path))
         _starting_file().write_text(json.dumps({"pid": os.getpid(), "since": time.time(),
                                                 "log": str(logfile)}))
         try:
