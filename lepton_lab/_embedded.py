@@ -167,9 +167,9 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
 def _launch(cmd: list[str], env: dict[str, str], logfile: Path, timeout: float,
             dashboard: bool, port: int, dash: int, client: int) -> dict[str, Any]:
     """Run ``ray start --block`` in its own session and wait until it says it started."""
-    out = open(logfile, "w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+    with open(logfile, "w") as out:      # the child keeps its own copy of the file
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
     while True:
         if "Ray runtime started" in logfile.read_text(errors="replace"):

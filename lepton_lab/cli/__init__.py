@@ -85,8 +85,9 @@ def _cluster_line() -> str:
                 f"{state.get('dashboard_url') or 'off'}; log {state['log']}")
     starting = cluster.embedded_starting()
     if starting:
-        return (f"embedded Ray is starting ({time.time() - starting['since']:.0f} s so far); "
-                f"log {starting['log']}")
+        from ..remote._status import starting_text
+
+        return starting_text(starting)
     return "no embedded cluster is running (`lepton up` starts one)"
 
 

@@ -65,9 +65,9 @@ class SidebarCore:
         if state is None or not lc._reachable(state["address"], PROBE_TIMEOUT_S):
             starting = lc.embedded_starting()
             if starting:
-                return None, (f"the embedded local cluster is starting in the background "
-                              f"({time.time() - starting['since']:.0f} s so far; log: "
-                              f"{starting['log']})")
+                from ..remote._status import starting_text
+
+                return None, starting_text(starting)
             return None, ("no cluster is running: the first %%lepton cell starts the embedded "
                           "local one, or Connect starts it now")
         return lc.connect(), ""          # finds the running embedded cluster; starts nothing
