@@ -1,8 +1,8 @@
 # Lepton Lab: one-command entry points. POSIX make; `make PYTHON=python3.12 venv` to pick Python.
 #
 #   make run     install (once) and execute templates/quickstart.ipynb on the embedded Ray
-#   make test    layering and lint checks, then unit + integration tests (GPU tests skip
-#                where there is no GPU)
+#   make test    layering and lint checks, the sidebar's jest tests, then unit + integration
+#                tests (GPU tests skip where there is no GPU)
 #   make lint    only the checks: lint-imports (docs/architecture.md's layers) and ruff
 #   make lab     JupyterLab with the Lepton kernel and magics
 #   make bench   dispatch benchmark (results belong in docs/benchmarks.md)
@@ -52,6 +52,7 @@ run: venv
 	$(BIN)/lepton run templates/quickstart.ipynb
 
 test: lint $(LABEXT) chromium
+	cd labextension && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm test --silent
 	$(BIN)/python -m pytest tests -q --durations=20
 
 # The layers (adapters -> features -> remote -> ground) are the contracts in pyproject.toml.

@@ -6,10 +6,11 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { LeptonApi } from './api';
+import { sendsToCluster } from './magic';
 import { runCellOnCluster } from './runcell';
 import { DEFAULT_SETTINGS, ILeptonSettings, PLUGIN_ID, readSettings } from './settings';
 import { LeptonSidebar } from './sidebar';
@@ -89,6 +90,12 @@ const runCellPlugin: JupyterFrontEndPlugin<void> = {
         })
     });
     palette?.addItem({ command: CommandIDs.runCell, category: CATEGORY });
+    // any cell that sends work to the cluster, however it was run: poll soon after
+    NotebookActions.executionScheduled.connect((_, { cell }) => {
+      if (cell.model.type === 'code' && sendsToCluster(cell.model.sharedModel.getSource())) {
+        setTimeout(() => void lepton.sidebar.refresh(), 1500);
+      }
+    });
   }
 };
 

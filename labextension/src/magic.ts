@@ -101,3 +101,12 @@ export function withMagic(source: string, line: string): string {
   }
   return `${line}\n${source}`;
 }
+
+/**
+ * Whether running this cell sends work to the cluster (a `%%lepton` cell, or a `%lepton`
+ * line such as `%lepton run` or `%lepton deploy`): the sidebar then polls soon, so that a
+ * short job shows while it runs rather than at the next regular poll.
+ */
+export function sendsToCluster(source: string): boolean {
+  return source.split('\n').some(l => /^\s*%%?lepton(\s|$)/.test(l));
+}

@@ -1,4 +1,11 @@
-import { DEFAULT_RESOURCES, ICellResources, magicLine, validateResources, withMagic } from '../magic';
+import {
+  DEFAULT_RESOURCES,
+  ICellResources,
+  magicLine,
+  sendsToCluster,
+  validateResources,
+  withMagic
+} from '../magic';
 import { readSettings } from '../settings';
 
 const res = (over: Partial<ICellResources>): ICellResources => ({ ...DEFAULT_RESOURCES, ...over });
@@ -72,5 +79,19 @@ describe('readSettings', () => {
     const s = readSettings({ pollInterval: 5, defaultResources: { cpus: 4, gpus: 1, timeout: null, detach: true } });
     expect(s.pollInterval).toBe(5);
     expect(s.defaultResources).toMatchObject({ cpus: 4, gpus: 1, timeout: null, detach: true, memory: '' });
+  });
+});
+
+describe('sendsToCluster', () => {
+  it('is true for a %%lepton cell and a %lepton line', () => {
+    expect(sendsToCluster('%%lepton --gpus 1\nx = 1')).toBe(true);
+    expect(sendsToCluster('%%lepton\nx = 1')).toBe(true);
+    expect(sendsToCluster('model = 1\n%lepton deploy model')).toBe(true);
+  });
+  it('is false for plain code and look-alikes', () => {
+    expect(sendsToCluster('x = 1')).toBe(false);
+    expect(sendsToCluster('%load_ext lepton_lab')).toBe(false);
+    expect(sendsToCluster('%%leptonx\ny')).toBe(false);
+    expect(sendsToCluster('# %%lepton in a comment')).toBe(false);
   });
 });

@@ -21,8 +21,14 @@ from tests.integration.conftest import free_port, wait_for_free_cpus
 
 pytestmark = pytest.mark.integration
 
-QUICK = ('%%lepton --name sidebar-quick\nimport time\nprint("hello from the cluster")\n'
-         'time.sleep(4)\nanswer = 42')
+# The quick job runs until the test has seen it running in the sidebar and opens its gate
+# (a file: the cluster's workers are on this machine), so no poll can fall between its start
+# and its end however slow a 2-core CI machine is; it gives up on its own after two minutes.
+QUICK = ('%%lepton --name sidebar-quick\nimport os, time\nprint("hello from the cluster")\n'
+         'deadline = time.monotonic() + 120\n'
+         'while not os.path.exists({gate!r}) and time.monotonic() < deadline:\n'
+         '    time.sleep(0.2)\n'
+         'answer = 42')
 LONG = ('import time\nprint("long job started", flush=True)\nfor _ in range(3000):\n'
         '    time.sleep(0.1)')
 
@@ -48,7 +54,7 @@ def lab(cluster, tmp_path):
     root.mkdir()
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("%load_ext lepton_lab"),
-        nbformat.v4.new_code_cell(QUICK),
+        nbformat.v4.new_code_cell(QUICK.format(gate=str(tmp_path / "gate"))),
         nbformat.v4.new_code_cell("print('answer is', answer)"),
         nbformat.v4.new_code_cell(LONG),
     ])
@@ -79,7 +85,7 @@ def lab(cluster, tmp_path):
                 raise AssertionError("jupyter lab did not start:\n"
                                      + (tmp_path / "lab.log").read_text()[-3000:])
             time.sleep(0.3)
-    yield {"url": url, "token": token, "root": root}
+    yield {"url": url, "token": token, "root": root, "gate": tmp_path / "gate"}
     try:  # a clean shutdown also stops the notebook's kernel
         req = urllib.request.Request(f"{url}api/shutdown?token={token}", method="POST")
         urllib.request.urlopen(req, timeout=10).close()
@@ -94,13 +100,16 @@ def lab(cluster, tmp_path):
     log.close()
 
 
-def _run_cell(page, index: int) -> None:
+def _run_cell(page, index: int, wait: bool = True) -> None:
+    """Run one cell; with wait=False return once it is sent (the command's promise resolves
+    only when the cell has finished)."""
     page.evaluate(
-        """async (i) => {
+        """async ([i, wait]) => {
             const nb = window.jupyterapp.shell.currentWidget;
             nb.content.activeCellIndex = i;
-            await window.jupyterapp.commands.execute('notebook:run-cell');
-        }""", index)
+            const done = window.jupyterapp.commands.execute('notebook:run-cell');
+            if (wait) { await done; }
+        }""", [index, wait])
 
 
 def _cell_output(page, index: int) -> str:
@@ -127,9 +136,10 @@ def test_sidebar_follows_and_cancels_jobs(lab, page, docs_dir):
     page.wait_for_function("window.jupyterapp.shell.currentWidget"
                            ".sessionContext.session?.kernel?.status === 'idle'", timeout=60_000)
     _run_cell(page, 0)
-    _run_cell(page, 1)
+    _run_cell(page, 1, wait=False)
     quick = _job(page, "sidebar-quick")
     quick.and_(page.locator("[data-status='running']")).wait_for(timeout=60_000)
+    lab["gate"].touch()
     quick.and_(page.locator("[data-status='succeeded']")).wait_for(timeout=60_000)
     assert "hello from the cluster" in _cell_output(page, 1)
     _run_cell(page, 2)
