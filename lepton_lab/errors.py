@@ -12,6 +12,7 @@ Every class maps to one kind of failure a user can act on:
 - :class:`CellTimeout` -- ``--timeout`` expired; the remote work was cancelled.
 - :class:`JobNotFound` -- a job id or name that the store does not know.
 - :class:`MissingDependency` -- an optional extra is not installed.
+- :class:`StoreUnavailable` -- the state store under ``LEPTON_HOME`` cannot be opened or written.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ class MissingDependency(LeptonError):
     """An optional dependency is missing; the message names the extra to install."""
 
     http_status = 501
+
+
+class StoreUnavailable(LeptonError):
+    """The state store (``LEPTON_HOME/state.sqlite``) cannot be opened or written: a read-only
+    or full disk, or a store written by a newer release. The message names the path."""
+
+    http_status = 503
 
 
 class CellTimeout(LeptonError):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import get_config
-from ..errors import JobNotFound
+from ..errors import JobNotFound, StoreUnavailable
 from ._catalog import CatalogMixin
 from ._json import current_user
 from ._json import dumps as _dumps
@@ -102,53 +102,88 @@ class Store(CatalogMixin, PipelinesMixin):
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unavailable(self.path, exc) from None
         with self._tx() as db:
-            self._migrate(db)
+            self._migrate(db, self.path)
 
     # -- plumbing ---------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
-            # Switching a new file to WAL needs a moment of exclusive access and SQLite does
-            # not wait for it on busy: serialise that step between processes with a file lock.
-            with open(str(self.path) + ".lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                deadline = time.monotonic() + 30.0
-                while True:  # a writer that is not a Store (sqlite3 CLI...) may hold the file
-                    try:
-                        conn.execute("PRAGMA journal_mode=WAL")
-                        break
-                    except sqlite3.OperationalError as exc:
-                        if "locked" not in str(exc) or time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.05)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            try:
+                conn = self._open()
+            except (sqlite3.Error, OSError) as exc:
+                raise _unavailable(self.path, exc) from None
             self._local.conn = conn
         return conn
 
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=30000")
+        # Switching a new file to WAL needs a moment of exclusive access and SQLite does
+        # not wait for it on busy: serialise that step between processes with a file lock.
+        with open(str(self.path) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            deadline = time.monotonic() + 30.0
+            while True:  # a writer that is not a Store (sqlite3 CLI...) may hold the file
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection):
-            self.conn = conn
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT). A failure of SQLite itself (a
+        read-only or full disk, a damaged file) leaves as :class:`StoreUnavailable` naming
+        the file, after the transaction was rolled back: nothing half-written stays."""
+
+        def __init__(self, conn: sqlite3.Connection, path: Path):
+            self.conn, self.path = conn, path
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _unavailable(self.path, exc) from None
             return self.conn
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except sqlite3.Error as commit_exc:
+                    exc = commit_exc
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError)) \
+                    and not isinstance(exc, sqlite3.IntegrityError):
+                raise _unavailable(self.path, exc) from None
 
     def _tx(self) -> "Store._Tx":
-        return Store._Tx(self._conn())
+        return Store._Tx(self._conn(), self.path)
 
     @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
+    def _migrate(db: sqlite3.Connection, path: Path) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreUnavailable(
+                f"the store {path} was written by a newer Lepton Lab (schema {version}; this "
+                f"release knows up to {len(MIGRATIONS)}); upgrade lepton-lab, or set "
+                "LEPTON_HOME to another directory (the store was left as it is)")
         for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in script.split(";"):
                 if statement.strip():
@@ -386,6 +421,23 @@ class Store(CatalogMixin, PipelinesMixin):
     def iter_audit(self) -> Iterator[dict]:
         for r in self._conn().execute("SELECT * FROM audit ORDER BY seq"):
             yield dict(r)
+
+
+def _unavailable(path: Path, exc: BaseException) -> StoreUnavailable:
+    """One line that names the store's file, the reason, and what to do."""
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) \
+        or type(exc).__name__
+    low = text.lower()
+    if "full" in low or "no space" in low:
+        hint = "free space there, or set LEPTON_HOME to another directory"
+    elif "locked" in low:
+        hint = "another process held it for over 30 s; try again, or look for a stuck process"
+    elif "readonly" in low or "read-only" in low or "permission" in low \
+            or "unable to open" in low:
+        hint = "make it writable, or set LEPTON_HOME to a writable directory"
+    else:
+        hint = "set LEPTON_HOME to another directory (and keep this file to look into)"
+    return StoreUnavailable(f"the Lepton store {path} cannot be written ({text}): {hint}")
 
 
 def _job_from_row(row: sqlite3.Row) -> JobRecord:
