@@ -26,9 +26,20 @@ def _split_host_port(address: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _resolves(address: str) -> bool:
+    """Whether the address's host name resolves (for the error message of a failed probe)."""
+    host, port = _split_host_port(address)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return True
+    except (socket.gaierror, UnicodeError):
+        return False
+
+
 def _reachable(address: str, timeout: float) -> bool:
     """TCP probe. A refused connection (nothing listens) gives up after 3 s, since a head that
-    is still starting opens its port within that; an unanswered one waits ``timeout``."""
+    is still starting opens its port within that; an unanswered one waits ``timeout``; a host
+    name that does not resolve gives up at once (waiting does not make a typo resolve)."""
     host, port = _split_host_port(address)
     start = time.monotonic()
     while True:
@@ -38,6 +49,8 @@ def _reachable(address: str, timeout: float) -> bool:
         except ConnectionRefusedError:
             if time.monotonic() - start >= min(3.0, timeout):
                 return False
+        except (socket.gaierror, UnicodeError):
+            return False
         except OSError:
             if time.monotonic() - start >= timeout:
                 return False

@@ -36,6 +36,7 @@ from ._embedded import (  # noqa: F401
 )
 from ._probe import (  # noqa: F401
     _reachable,
+    _resolves,
     _split_host_port,
     compare_versions,
     local_versions,
@@ -156,10 +157,11 @@ def connect(address: str | None = None) -> Connection:
             t0 = time.monotonic()
             if not _reachable(target, cfg.connect_timeout):
                 source = "RAY_ADDRESS" if not address and os.environ.get("RAY_ADDRESS") else "address"
+                why = (f"nothing answered in {time.monotonic() - t0:.0f} s" if _resolves(target)
+                       else "its host name does not resolve")
                 raise ClusterUnavailable(
-                    f"cannot reach the Ray cluster at {target} ({source}; nothing answered in "
-                    f"{time.monotonic() - t0:.0f} s); start it, fix the address, or use "
-                    "`%lepton connect local` for the embedded cluster")
+                    f"cannot reach the Ray cluster at {target} ({source}; {why}); start it, fix "
+                    "the address, or use `%lepton connect local` for the embedded cluster")
             kind = "client" if target.startswith("ray://") else "address"
             conn = Connection(target, kind)
         try:

@@ -282,3 +282,15 @@ def test_serve_ingress_setting(monkeypatch, value, expected):
         assert get_config().serve_ingress == expected
     finally:
         reset_config()
+
+
+def test_an_address_whose_host_does_not_resolve_fails_at_once(monkeypatch):
+    import time
+
+    from lepton_lab import cluster as lc
+    from lepton_lab.errors import ClusterUnavailable
+
+    t0 = time.monotonic()
+    with pytest.raises(ClusterUnavailable, match="host name does not resolve"):
+        lc.connect("no-such-head.invalid:6379")
+    assert time.monotonic() - t0 < 2.0          # not the whole connect timeout
