@@ -127,15 +127,23 @@ def parse_inputs(body: bytes, content_type: str | None, dtype: Any = np.float32)
     if arr.shape[0] == 0:
         raise HttpError(400, "inputs is empty: send at least one row")
     try:
-        return np.ascontiguousarray(arr.astype(dtype, copy=False))
-    except (TypeError, ValueError) as exc:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray(arr.astype(dtype, copy=False))
+    except (TypeError, ValueError, OverflowError) as exc:
         raise HttpError(400, f"inputs cannot be converted to {np.dtype(dtype)}: "
                              f"{first_line(exc)}") from None
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        # NaN, infinity, or a value too large for the model's type: the answer would be
+        # NaN, which JSON cannot carry
+        raise HttpError(400, f"inputs hold NaN or infinite values (or values too large for "
+                             f"{out.dtype})")
+    return out
 
 
 def _load_npy(body: bytes) -> np.ndarray:
     if not body.startswith(NPY_MAGIC):
         raise HttpError(400, "body is not a .npy file (numpy.save bytes expected)")
+    _check_npy_header(body)
     try:
         arr = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # ValueError, EOFError, OSError ... on a malformed file
@@ -143,6 +151,31 @@ def _load_npy(body: bytes) -> np.ndarray:
     if not isinstance(arr, np.ndarray):
         raise HttpError(400, "body must hold one array (numpy.save), not an archive")
     return arr
+
+
+def _check_npy_header(body: bytes) -> None:
+    """400 unless the header's shape and type account for exactly the bytes that follow it:
+    a small body that claims a huge array is refused before anything is allocated."""
+    from numpy.lib import format as npformat
+
+    f = io.BytesIO(body)
+    try:
+        version = npformat.read_magic(f)
+        read = (npformat.read_array_header_1_0 if version == (1, 0)
+                else npformat.read_array_header_2_0)
+        shape, _fortran, dtype = read(f, max_header_size=10_000)
+    except Exception as exc:  # ValueError on a malformed or unknown header
+        raise HttpError(400, f"malformed .npy body: {first_line(exc)}") from None
+    if dtype.hasobject:
+        raise HttpError(400, "a .npy body of Python objects needs pickle, which endpoints "
+                             "never load: send numbers")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    need, have = count * dtype.itemsize, len(body) - f.tell()
+    if need != have:
+        raise HttpError(400, f"malformed .npy body: its header says shape {tuple(shape)} "
+                             f"({need} bytes) but {have} bytes follow")
 
 
 def _load_json(body: bytes, dtype: Any) -> np.ndarray:
@@ -156,8 +189,9 @@ def _load_json(body: bytes, dtype: Any) -> np.ndarray:
     if not isinstance(inputs, list):
         raise HttpError(400, '"inputs" must be a list of rows, e.g. [[0.1, 0.2, ...]]')
     try:
-        arr = np.asarray(inputs, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+        with np.errstate(over="ignore", invalid="ignore"):    # too large: refused below
+            arr = np.asarray(inputs, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise HttpError(400, '"inputs" must be a rectangular array of numbers '
                              f"({first_line(exc, 120)})") from None
     if arr.dtype.kind == "f" and np.isnan(arr).any():      # JSON null (or NaN) became NaN

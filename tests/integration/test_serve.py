@@ -226,6 +226,60 @@ def test_oversized_bodies_are_413(endpoint):
     assert r.status_code == 413 and "limit" in r.json()["error"]
 
 
+def _bad_bodies() -> list[tuple[bytes, str]]:
+    """A fixed corpus of bad requests (the unit fuzz, tests/unit/test_fuzz_bodies.py, covers
+    the parser with many more): wrong dtype and shape, NaN, a huge shape in a small body,
+    truncated files, pickles, broken and odd JSON."""
+    import json
+    import pickle
+    import random
+
+    rng = random.Random(16)
+    good = _npy(np.zeros((2, 64), np.float32))
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    out = [
+        (_npy(np.array([["a"] * 64])), NPY), (_npy(np.zeros((2, 64), complex)), NPY),
+        (_npy(np.full((1, 64), np.nan, np.float32)), NPY), (_npy(np.zeros((3, 7))), NPY),
+        (_npy(np.float32(1.0)), NPY), (_npy(np.zeros((0, 64), np.float32)), NPY),
+        (good.replace(b"(2, 64)", b"(1000000000000, 64)", 1), NPY),
+        (pickled.getvalue(), NPY), (pickle.dumps({"inputs": [[0.0] * 64]}), NPY),
+        (json.dumps({"inputs": [[float("nan")] * 64]}).encode(), "application/json"),
+        (json.dumps({"inputs": [[1e39] * 64]}).encode(), "application/json"),
+        (json.dumps({"inputs": [[None] * 64]}).encode(), "application/json"),
+        (json.dumps({"inputs": [[[0.0] * 64]]}).encode(), "application/json"),
+        (json.dumps({"inputs": "x" * 1000}).encode(), "application/json"),
+        (b"[" * 10_000 + b"]" * 10_000, "application/json"),
+        (b'{"inputs": [[1, 2]', "application/json"), (b"\xff\xfe\x00", "application/json"),
+    ]
+    for _ in range(40):                      # truncated good files, and random bytes
+        out.append((good[:rng.randrange(len(good))], NPY))
+        out.append((bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))),
+                    rng.choice([NPY, "application/json"])))
+    return out
+
+
+def test_fuzzed_bodies_get_400_and_the_replicas_stay_up(endpoint, digits):
+    import httpx
+
+    from tests._reliability import record
+
+    before = {a.actor_id for a in _replica_actors(NAME)}
+    bodies = _bad_bodies()
+    codes: dict[int, int] = {}
+    with httpx.Client(timeout=30, headers=auth(endpoint)) as client:
+        for body, ctype in bodies:
+            r = client.post(endpoint.predict_url, content=body,
+                            headers={"Content-Type": ctype})
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            assert r.status_code in (400, 413), (r.status_code, body[:80], r.text[:200])
+            assert "\n" not in r.json()["error"]
+        r = client.post(endpoint.predict_url, json={"inputs": digits["x"][:2].tolist()})
+        assert r.status_code == 200
+    assert {a.actor_id for a in _replica_actors(NAME)} == before     # no replica restarted
+    record("endpoint_body_fuzz_http", tried=len(bodies), survived=len(bodies), codes=codes)
+
+
 def test_health_and_openapi_need_no_token(endpoint):
     import httpx
 

@@ -177,3 +177,68 @@ def test_cache_key_is_stable_for_equal_tensors_and_modules():
     torch.manual_seed(0)
     b = torch.nn.Linear(2, 2)
     assert key(a) == key(b) and key(a) != key(torch.nn.Linear(2, 2))
+
+
+def _param_notebook(path: Path, source: str, kernelspec: bool = True) -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("print(lr)")]
+    if kernelspec:
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"epochs": "abc"}, "parameter epochs of nb.ipynb is int (epochs = 2), not str 'abc'"),
+    ({"epochs": 2.5}, "is int (epochs = 2), not float 2.5"),
+    ({"lr": True}, "parameter lr of nb.ipynb is float"),
+    ({"name": 3}, "is str"),
+    ({"layers": "x"}, "is list"),
+    ({"size": "big"}, "is int"),                         # an annotation wins over nothing
+])
+def test_a_parameter_of_the_wrong_type_is_one_line(tmp_path, params, needle):
+    from lepton_lab.pipeline._run import check_parameters
+
+    nb = _param_notebook(tmp_path / "nb.ipynb", "lr = 0.1\nepochs = 2\nname = 'a'\n"
+                         "layers = [1, 2]\nanything = None\nsize: int = 4")
+    with pytest.raises(LeptonUsageError) as err:
+        check_parameters(nb, params)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_parameters_of_the_right_type_or_unknown_pass(tmp_path):
+    from lepton_lab.pipeline._run import check_parameters
+
+    nb = _param_notebook(tmp_path / "nb.ipynb", "lr = 0.1\nepochs = 2\nanything = None")
+    check_parameters(nb, {"lr": 1, "epochs": 3, "anything": "x", "not_declared": [1]})
+
+
+def test_bad_pipeline_input_is_one_line_and_a_failed_record(tmp_path, lepton_home):
+    """No kernel starts for any of these: each is refused first, and recorded as failed."""
+    from lepton_lab.pipeline._run import RunOptions, run_notebook
+    from lepton_lab.store import get_store
+
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text('{"cells": [')
+    ok = _param_notebook(tmp_path / "ok.ipynb", "lr = 0.1")
+    nokernel = _param_notebook(tmp_path / "nokernel.ipynb", "lr = 0.1", kernelspec=False)
+    cases = [
+        (broken, RunOptions(), "broken.ipynb is not a valid notebook"),
+        (ok, RunOptions(parameters=(("lr", "fast"),)), "parameter lr of ok.ipynb is float"),
+        (ok, RunOptions(inputs=("missing.csv",)), "input file missing.csv does not exist"),
+        (nokernel, RunOptions(), "nokernel.ipynb names no kernel"),
+        (tmp_path / "absent.ipynb", RunOptions(), "no notebook at"),
+    ]
+    for path, opts, needle in cases:
+        with pytest.raises(LeptonUsageError) as err:
+            run_notebook(path, opts)
+        assert needle in str(err.value) and "\n" not in str(err.value)
+    runs = get_store().list_pipeline_runs(limit=50)
+    assert len(runs) == len(cases)
+    assert {r.status for r in runs} == {"failed"}
+    assert sorted(r.name for r in runs) == ["absent", "broken", "nokernel", "ok", "ok"]
+    assert all(r.error for r in runs)
