@@ -36,6 +36,16 @@ def _resolves(address: str) -> bool:
         return False
 
 
+def _answers(address: str, timeout: float = 0.5) -> bool:
+    """One TCP connect to the address (no retries): does something listen there right now?"""
+    try:
+        host, port = _split_host_port(address)
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except (OSError, UnicodeError, LeptonUsageError):
+        return False
+
+
 def _reachable(address: str, timeout: float) -> bool:
     """TCP probe. A refused connection (nothing listens) gives up after 3 s, since a head that
     is still starting opens its port within that; an unanswered one waits ``timeout``; a host

@@ -35,6 +35,7 @@ from ._embedded import (  # noqa: F401
     start_embedded,
 )
 from ._probe import (  # noqa: F401
+    _answers,
     _reachable,
     _resolves,
     _split_host_port,
@@ -106,9 +107,44 @@ def _client_failure_reason(msg: str) -> str:
     return lines[0] if lines else "the Ray Client server refused the session"
 
 
+#: Ray ends a driver process whose head (GCS) has not answered for 60 s. A kernel or the
+#: Jupyter server is that driver: Lepton notices a dead head itself (:func:`head_alive`), so
+#: the process is told to wait a day instead, and survives until the cluster is back.
+_GCS_WAIT_VAR = "RAY_gcs_rpc_server_reconnect_timeout_s"
+
+
+@contextlib.contextmanager
+def _driver_outlives_the_head():
+    """Set Ray's GCS reconnect timeout for this process's ``ray.init`` only (a user's own
+    setting wins); child processes, such as ``ray start``, keep Ray's default."""
+    old = os.environ.get(_GCS_WAIT_VAR)
+    if old is None:
+        os.environ[_GCS_WAIT_VAR] = "86400"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(_GCS_WAIT_VAR, None)
+
+
 def _ray_init(address: str, embedded: bool) -> None:
+    with _driver_outlives_the_head():
+        _ray_init_now(address, embedded)
+
+
+def _ray_init_now(address: str, embedded: bool) -> None:
     import ray
 
+    try:
+        # Ray connects on its own when an API is called unconnected (ray.get_actor, .remote);
+        # Lepton always connects explicitly, and a thread that outlived a dropped connection
+        # (a detached job's follower) must fail, not reconnect behind this module's back
+        import ray._private.auto_init_hook as auto_init
+
+        auto_init.enable_auto_connect = False
+    except (ImportError, AttributeError):
+        pass
+    _wait_for_dropped()
     if ray.is_initialized():
         ray.shutdown()
     kwargs: dict[str, Any] = {}
@@ -208,6 +244,79 @@ def disconnect() -> None:
 
 def current() -> Connection | None:
     return _CONN
+
+
+# -- a head that stopped answering ------------------------------------------------------------
+#: called (without arguments) when the connection is dropped because its head is gone: the
+#: layers above forget what lived on that cluster (the warm group registers here)
+_ON_LOST: list[Any] = []
+_DROPPED: list[threading.Thread] = []
+_NOTICES: list[str] = []
+_LOST_EMBEDDED: list[str] = []     # the address of an embedded cluster found dead
+
+
+def on_connection_lost(callback: Any) -> None:
+    if callback not in _ON_LOST:
+        _ON_LOST.append(callback)
+
+
+def head_alive(conn: Connection | None = None, tries: int = 2) -> bool:
+    """Whether the connection's head answers on its port (a TCP connect, about 0.1 ms on a
+    live head; a dead one is asked ``tries`` times, 0.3 s apart)."""
+    conn = conn or _CONN
+    if conn is None:
+        return False
+    for i in range(tries):
+        if _answers(conn.address):
+            return True
+        if i + 1 < tries:
+            time.sleep(0.3)
+    return False
+
+
+def drop_dead_connection(conn: Connection) -> str:
+    """Forget a connection whose head is gone, without waiting on it: Ray's own shutdown of
+    this driver runs in a thread (a few seconds against a dead head), and the next connect
+    waits for it. Returns the one line that tells the user what happened and what to do."""
+    global _CONN
+    with _LOCK:
+        if _CONN is conn:
+            _CONN = None
+    for callback in list(_ON_LOST):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - forgetting must not fail
+            log.debug("connection-lost hook failed", exc_info=True)
+
+    def shut() -> None:
+        import ray
+
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001
+            log.debug("ray.shutdown after a lost head failed", exc_info=True)
+
+    thread = threading.Thread(target=shut, name="lepton-drop", daemon=True)
+    thread.start()
+    _DROPPED.append(thread)
+    if conn.kind == "embedded":
+        _LOST_EMBEDDED.append(conn.address)
+        return (f"the embedded Ray cluster at {conn.address} stopped (its head is gone); the "
+                "next cell starts a fresh one. Variables in this kernel are kept")
+    return (f"the Ray cluster at {conn.address} stopped answering (its head is gone); start "
+            "it again, then rerun the cell. Variables in this kernel are kept")
+
+
+def _wait_for_dropped(timeout: float = 20.0) -> None:
+    while _DROPPED:
+        _DROPPED.pop().join(timeout)
+
+
+def take_notices() -> list[str]:
+    """Lines to show the user once (e.g. "a fresh embedded cluster was started")."""
+    out = list(_NOTICES)
+    _NOTICES.clear()
+    return out
 
 
 # -- starting in the background ---------------------------------------------------------------
@@ -315,16 +424,30 @@ def _wait_background() -> None:
 
 
 def ensure_connected(_background: bool = False) -> Connection:
-    """The live connection, connecting (and starting the embedded cluster) on first use."""
+    """The live connection, connecting (and starting the embedded cluster) on first use.
+
+    A connection whose head no longer answers is dropped first: for an address the user
+    gave, that is a one-line :class:`ClusterUnavailable` (no silent fallback); for the
+    embedded cluster a fresh one is started, and :func:`take_notices` says so.
+    """
     if not _background and _BG.thread is not None:
         _wait_background()
-    with _LOCK:
-        if _CONN is not None:
-            import ray
+    conn = _CONN
+    if conn is not None:
+        import ray
 
-            if ray.is_initialized():
-                return _CONN
+        if ray.is_initialized():
+            if head_alive(conn):
+                return conn
+            reason = drop_dead_connection(conn)
+            if conn.kind != "embedded":
+                raise ClusterUnavailable(reason)
+    with _LOCK:
         conn = connect()
+    if _LOST_EMBEDDED and conn.kind == "embedded":
+        _NOTICES.append(f"the embedded Ray cluster at {_LOST_EMBEDDED[-1]} had stopped; "
+                        f"started a fresh one at {conn.address} (jobs of the old one are lost)")
+    _LOST_EMBEDDED.clear()
     if get_config().check_versions and not conn.versions_checked:
         check_versions(conn)
     return conn

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cluster import ensure_connected
+from ..cluster import ensure_connected, on_connection_lost
 from ..config import get_config
 from ..errors import CellTimeout, ClusterUnavailable, JobCancelled, WorkerDied
 from ._analysis import analyze
@@ -201,6 +201,16 @@ def _start_group(spec: CellSpec, sink: Sink) -> _Group:
         raise
     return _Group(_spec_key(spec), world, actors, pg, backends[0],
                   nodes=[(node, ip) for ip, _, node in endpoints])
+
+
+def _forget_group() -> None:
+    """The cluster's head is gone, and the group's actors with it: forget them (no Ray call,
+    nothing answers any more); the next group cell starts a new group."""
+    global _GROUP, _LAST
+    _GROUP, _LAST = None, None
+
+
+on_connection_lost(_forget_group)
 
 
 def stop_group() -> bool:

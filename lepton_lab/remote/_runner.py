@@ -9,10 +9,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..cluster import ensure_connected
+from ..cluster import current, drop_dead_connection, ensure_connected, head_alive
 from ..config import get_config
 from ..errors import (
     CellTimeout,
+    ClusterUnavailable,
     InfeasibleRequest,
     JobCancelled,
     LeptonError,
@@ -183,7 +184,9 @@ def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
     :class:`CellTimeout` when ``deadline`` (monotonic) passes. With ``fail_fast``, a dead
     rank raises :class:`RankDied` at once (its peers may be blocked in a collective on it).
     With ``job_id``, a cancellation recorded by another session (the sidebar, `%lepton
-    cancel`) is noticed within about a second and raises :class:`JobCancelled`.
+    cancel`) is noticed within about a second and raises :class:`JobCancelled`. A head that
+    stops answering (checked every 2 s) raises :class:`ClusterUnavailable` within seconds,
+    where Ray itself would wait on it for good.
     """
     import ray
 
@@ -191,7 +194,14 @@ def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
     results: dict[Any, dict] = {}
     started = time.monotonic()
     next_check = started + 1.0          # a cell that ends within a second reads nothing
+    next_alive = started + 2.0
+    next_idle = started + 1.0
+    conn = current()
     while pending:
+        if conn is not None and time.monotonic() >= next_alive:
+            next_alive = time.monotonic() + 2.0
+            if not head_alive(conn):
+                raise ClusterUnavailable(drop_dead_connection(conn))
         if job_id is not None and time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
             if get_store().get_job(job_id).status == "cancelled":
@@ -224,15 +234,22 @@ def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
                     on_event(rank, event)
         if deadline is not None and time.monotonic() >= deadline and pending:
             raise CellTimeout("timeout")
-        if idle is not None and not ready:
+        if idle is not None and not ready and time.monotonic() >= next_idle:
+            # the callback may ask Ray's state API, which waits for good on a dead head
+            next_idle = time.monotonic() + 1.0
+            if conn is not None and not head_alive(conn):
+                raise ClusterUnavailable(drop_dead_connection(conn))
             idle(time.monotonic() - started)
     return results
 
 
 def cancel_streams(gens: Iterable[Any], wait: float = 2.0) -> None:
-    """Force-cancel one-shot tasks (their worker processes are killed, resources freed)."""
+    """Force-cancel one-shot tasks (their worker processes are killed, resources freed).
+    Nothing to do once the connection was dropped (its head is gone, and the tasks with it)."""
     import ray
 
+    if current() is None:
+        return
     gens = list(gens)
     for gen in gens:
         try:
@@ -334,6 +351,8 @@ class Recorder:
             status, error = "timeout", str(exc)
         elif isinstance(exc, JobCancelled):
             status, error = "cancelled", "cancelled from another session"
+        elif isinstance(exc, ClusterUnavailable):
+            status, error = "lost", str(exc)
         elif isinstance(exc, RemoteError):
             status, error = "failed", f"{exc.ename}: {exc.evalue}"
         elif exc is not None:

@@ -85,6 +85,12 @@ class LogTee(Sink):
         self.monitor: Any = None  # a TrainMonitor once the first training report arrives
         self.job_id: str | None = None   # set by the Recorder: progress goes to the job record
         self._progress_at = 0.0
+        # every cell path makes its tee right after connecting: what the connection has to
+        # tell once (a fresh embedded cluster replaced one that stopped) goes to that cell
+        from ..cluster import take_notices
+
+        for note in take_notices():
+            self.status(note)
 
     def _keep(self, text: str) -> None:
         self._parts.append(text)

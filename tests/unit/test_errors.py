@@ -19,7 +19,7 @@ def test_the_hierarchy_is_complete():
     assert names == {"LeptonError", "LeptonUsageError", "ClusterUnavailable",
                      "InfeasibleRequest", "VersionMismatch", "SerializationError",
                      "JobNotFound", "JobCancelled", "MissingDependency", "CellTimeout",
-                     "WorkerDied"}
+                     "WorkerDied", "StoreUnavailable"}
 
 
 @pytest.mark.parametrize("cls", ONE_LINERS, ids=lambda c: c.__name__)
