@@ -179,6 +179,9 @@ def test_missing_or_wrong_token_is_401(endpoint, digits):
         assert r.json()["error"] and endpoint.token not in r.text
     with pytest.raises(LeptonUsageError, match="HTTP 401"):
         predict(NAME, digits["x"][:1], token="lep_wrong")
+    from tests._reliability import record
+
+    record("unauthenticated_endpoint_calls", tried=4, succeeded=0)
 
 
 def test_bad_requests_get_clear_4xx_answers(endpoint, digits):
@@ -453,6 +456,10 @@ def test_killing_a_replica_under_load_loses_few_requests_and_serve_recovers(endp
     failed = total - codes.get("200", 0)
     print(f"\n{total} requests at concurrency 16 in {wall:.1f} s ({total / wall:.0f}/s), "
           f"one replica killed: {codes}")
+    from tests._reliability import record
+
+    record("replica_killed_under_load", tried=total, survived=codes.get("200", 0),
+           failed=failed, codes=codes)
     assert failed <= total * 0.005, codes
     deadline = time.monotonic() + 90
     while True:

@@ -8,6 +8,7 @@ left to its own explicit tests (test_spec.py, test_magics.py).
 from __future__ import annotations
 
 import math
+import os
 import shlex
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -19,7 +20,10 @@ from lepton_lab.errors import LeptonUsageError
 from lepton_lab.notebook.magics import parse_cell_line, parse_line
 from lepton_lab.remote._spec import CellSpec, parse_size
 
-FUZZ = settings(max_examples=300, deadline=None, database=None,
+#: 300 examples by default; bench/reliability.py scales them with LEPTON_FUZZ_EXAMPLES
+EXAMPLES = int(os.environ.get("LEPTON_FUZZ_EXAMPLES", "40")) * 15 // 2
+COUNT = {"n": 0}
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 #: characters str.splitlines() breaks on: a magic line never contains them
@@ -134,6 +138,7 @@ def check_cell_line(line: str) -> CellSpec | None:
 @FUZZ
 @given(cell_lines)
 def test_cell_line_parses_or_is_a_usage_error(line):
+    COUNT["n"] += 1
     check_cell_line(line)
 
 
@@ -172,6 +177,7 @@ def test_plausible_flag_combinations_mean_what_they_say(pairs):
 @FUZZ
 @given(line_lines)
 def test_line_command_parses_or_is_a_usage_error(line):
+    COUNT["n"] += 1
     try:
         args = parse_line(line)
     except LeptonUsageError as exc:
@@ -204,3 +210,9 @@ def test_bad_lines_in_a_real_shell_are_usage_errors(ip, line):
     assert isinstance(result.error_in_exec, UsageError), repr(result.error_in_exec)
     assert "fuzz_marker" not in ip.user_ns
     assert cluster.current() is None
+
+
+def test_zz_record_the_count():
+    from tests._reliability import record
+
+    record("magic_line_fuzz", tried=COUNT["n"], survived=COUNT["n"])

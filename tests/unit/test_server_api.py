@@ -60,6 +60,9 @@ def test_every_route_refuses_requests_without_credentials(jp_serverapp, http_ser
                     f"{method} {path} answered {resp.code} without credentials"
                 checked += 1
     assert checked >= 2 * len(ROUTES)
+    from tests._reliability import record
+
+    record("unauthenticated_rest_calls", tried=checked, succeeded=0)
 
 
 def test_the_token_opens_the_api(jp_fetch, jp_asyncio_loop):

@@ -18,6 +18,7 @@ import pytest
 from lepton_lab.errors import StoreUnavailable
 from lepton_lab.store import Store
 from lepton_lab.store._schema import MIGRATIONS
+from tests._reliability import record
 
 from ._store_worker import write_forever, write_jobs
 
@@ -63,12 +64,14 @@ def test_writer_killed_mid_write_leaves_a_consistent_store(tmp_path):
     assert set(actions) == {j.id for j in jobs}        # no audit entry without its job
     _new_job(store, "after-the-kills", log="fine\n")
     assert store.get_job("after-the-kills").status == "succeeded"
+    record("store_writer_sigkilled", tried=3, survived=3, jobs=len(jobs), data_lost=0)
 
 
 def test_eight_processes_write_at_once_and_lose_nothing(tmp_path):
     path = str(tmp_path / "state.sqlite")
     ctx = multiprocessing.get_context("spawn")
-    workers, per_worker = 8, 25
+    workers = 8
+    per_worker = int(os.environ.get("LEPTON_STORE_WRITES", "25"))   # the full bench: 200
     barrier = ctx.Barrier(workers)
     procs = [ctx.Process(target=write_jobs, args=(path, w, per_worker, barrier))
              for w in range(workers)]
@@ -83,6 +86,8 @@ def test_eight_processes_write_at_once_and_lose_nothing(tmp_path):
                                  for i in range(per_worker))
     assert len(list(store.iter_audit())) == 2 * workers * per_worker
     assert _integrity(Path(path)) == "ok"
+    record("store_concurrent_writers", tried=workers * per_worker, survived=len(ids),
+           processes=workers, data_lost=0)
 
 
 def test_a_store_of_the_previous_release_is_migrated_and_keeps_its_records(tmp_path):
