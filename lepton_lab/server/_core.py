@@ -40,13 +40,20 @@ class SidebarCore:
 
     # -- the connection ---------------------------------------------------------------------
     def _attached(self) -> lc.Connection | None:
-        """This process's live connection, if any (never connects)."""
+        """This process's live connection, if any (never connects). A connection whose head
+        stopped answering is dropped here, so the sidebar reads "disconnected" (and no poll
+        starts a fresh embedded cluster in its place)."""
         conn = lc.current()
         if conn is None:
             return None
         import ray
 
-        return conn if ray.is_initialized() else None
+        if not ray.is_initialized():
+            return None
+        if not lc.head_alive(conn):
+            lc.drop_dead_connection(conn)
+            return None
+        return conn
 
     def _attach(self) -> tuple[lc.Connection | None, str]:
         """The live connection, or one to a cluster that already runs; never starts one.

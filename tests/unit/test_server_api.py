@@ -205,3 +205,27 @@ def test_connect_rejects_a_non_string_address(jp_fetch, jp_asyncio_loop):
                       body=json.dumps({"address": 5}))
     assert code == 400 and "address" in data["error"]
 
+
+
+def test_a_connection_whose_head_is_gone_reads_as_disconnected_and_starts_nothing(
+        monkeypatch, lepton_home):
+    """The server's own connection outlived its head (nothing listens on its port any more):
+    the next status read drops it and says "disconnected"; it neither waits on the dead head
+    nor starts an embedded cluster in its place (the unit tier forbids any Ray start)."""
+    import ray
+
+    from lepton_lab import cluster as lc
+    from lepton_lab.server._core import SidebarCore
+    from tests.integration.conftest import free_port
+
+    dead = lc.Connection(f"127.0.0.1:{free_port()}", "embedded")
+    monkeypatch.setattr(lc, "_CONN", dead)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)   # a driver still "connected"
+    core = SidebarCore()
+    try:
+        st = core.cluster()
+    finally:
+        core.close()
+    assert st["state"] == "disconnected" and "no cluster is running" in st["reason"]
+    assert lc.current() is None
+    lc._wait_for_dropped()
