@@ -183,6 +183,8 @@ def _load_json(body: bytes, dtype: Any) -> np.ndarray:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"malformed JSON body: {first_line(exc)}") from None
+    except RecursionError:
+        raise HttpError(400, "JSON body nests too deeply; send rows of numbers") from None
     if not isinstance(doc, dict) or "inputs" not in doc:
         raise HttpError(400, 'JSON body must be an object {"inputs": [[...], ...]}')
     inputs = doc["inputs"]
@@ -191,6 +193,8 @@ def _load_json(body: bytes, dtype: Any) -> np.ndarray:
     try:
         with np.errstate(over="ignore", invalid="ignore"):    # too large: refused below
             arr = np.asarray(inputs, dtype=dtype)
+    except RecursionError:
+        raise HttpError(400, '"inputs" nests too deeply; send rows of numbers') from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise HttpError(400, '"inputs" must be a rectangular array of numbers '
                              f"({first_line(exc, 120)})") from None

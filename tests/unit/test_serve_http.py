@@ -116,6 +116,8 @@ def test_json_and_npy_inputs_parse_to_the_model_dtype():
     (b"not npy at all", NPY, 400),
     (b"\x93NUMPY\x01\x00garbage", NPY, 400),
     (b"a,b\n1,2", "text/csv", 415),
+    (b"[" * 10_000 + b"]" * 10_000, "application/json", 400),     # too deep for json
+    (b'{"inputs": ' + b"[" * 5_000 + b"1" + b"]" * 5_000 + b"}", "application/json", 400),
 ])
 def test_malformed_bodies_are_400_or_415_with_a_message(body, ctype, status):
     assert status_of(parse_inputs, body, ctype) == status
