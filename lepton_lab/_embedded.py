@@ -28,7 +28,7 @@ from typing import Any
 from ._probe import _reachable
 from ._ray_auth import _embedded_auth_env, _with_env
 from .config import get_config
-from .errors import ClusterUnavailable
+from .errors import ClusterUnavailable, LeptonUsageError
 
 log = logging.getLogger("lepton_lab")
 
@@ -93,22 +93,25 @@ def _ray_executable() -> str:
     return found
 
 
-def start_embedded(timeout: float | None = None) -> dict[str, Any]:
+def start_embedded(timeout: float | None = None, tls: bool | None = None) -> dict[str, Any]:
     """Start (or find) the embedded local Ray head; returns its recorded state.
+
+    ``tls``: start it in Ray's TLS mode (None: the ``tls`` setting). A cluster that already
+    runs is used as it is, unless ``tls`` was asked for explicitly and differs.
 
     Ray gives its own processes 30 s to register; on an overloaded machine that can fail,
     so one such failure is retried.
     """
     try:
-        return _start_embedded(timeout)
+        return _start_embedded(timeout, tls)
     except ClusterUnavailable as exc:
         if "timed out during startup" not in str(exc):
             raise
         log.warning("the embedded Ray cluster timed out during startup; retrying once")
-        return _start_embedded(timeout)
+        return _start_embedded(timeout, tls)
 
 
-def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
+def _start_embedded(timeout: float | None = None, tls: bool | None = None) -> dict[str, Any]:
     """Start (or find) the embedded local Ray head; returns its recorded state.
 
     A file lock makes concurrent kernels share one start instead of racing two clusters.
@@ -120,7 +123,13 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = embedded_state()
         if state and _reachable(state["address"], 2.0):
+            if tls is not None and bool(state.get("tls")) != tls:
+                running = "with TLS" if state.get("tls") else "without TLS"
+                raise LeptonUsageError(
+                    f"the embedded Ray cluster at {state['address']} is already running "
+                    f"{running}; `lepton down` first, then `lepton up{' --tls' if tls else ''}`")
             return state
+        tls = cfg.tls if tls is None else tls
         port, dash, client, agent = (_free_port() for _ in range(4))
         logfile = home / "cluster.log"
         cmd = [
@@ -139,7 +148,7 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
         # no drain on SIGTERM: nothing routes to this node from elsewhere (see _kill_group)
         env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                              RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
-                        {**_embedded_auth_env(), "RAY_ADDRESS": None})
+                        {**_embedded_auth_env(tls), "RAY_ADDRESS": None})
         # the endpoints' ingress: read by Serve's controller, proxies and replicas at start
         # (a RAY_SERVE_ENABLE_HA_PROXY the user set wins)
         env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if cfg.serve_ingress == "haproxy"
@@ -158,14 +167,15 @@ def _start_embedded(timeout: float | None = None) -> dict[str, Any]:
         _starting_file().write_text(json.dumps({"pid": os.getpid(), "since": time.time(),
                                                 "log": str(logfile)}))
         try:
-            return _launch(cmd, env, logfile, timeout, cfg.dashboard, port, dash, client)
+            return _launch(cmd, env, logfile, timeout, cfg.dashboard, port, dash, client, tls)
         finally:
             with contextlib.suppress(OSError):
                 _starting_file().unlink()
 
 
 def _launch(cmd: list[str], env: dict[str, str], logfile: Path, timeout: float,
-            dashboard: bool, port: int, dash: int, client: int) -> dict[str, Any]:
+            dashboard: bool, port: int, dash: int, client: int,
+            tls: bool = False) -> dict[str, Any]:
     """Run ``ray start --block`` in its own session and wait until it says it started."""
     with open(logfile, "w") as out:      # the child keeps its own copy of the file
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
@@ -190,6 +200,7 @@ def _launch(cmd: list[str], env: dict[str, str], logfile: Path, timeout: float,
         "pid": proc.pid,
         "started": time.time(),
         "log": str(logfile),
+        "tls": tls,
     }
     _state_file().write_text(json.dumps(state, indent=1))
     return state

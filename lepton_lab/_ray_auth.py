@@ -1,8 +1,12 @@
 """Ray token authentication: the embedded cluster's own token, and switching this driver
 between the embedded cluster's auth settings and the user's own.
 
-A ground module: it imports nothing from lepton_lab but :mod:`lepton_lab.config`, and Ray
-only inside :func:`_apply_auth_env`.
+The embedded cluster's TLS mode (:mod:`lepton_lab._tls`) is switched the same way: a driver
+connected to a TLS embedded cluster gets its certificate files, one connected to a plain one
+has RAY_USE_TLS unset, and the user's own values come back for their cluster.
+
+A ground module: it imports nothing from lepton_lab but :mod:`lepton_lab.config` and
+:mod:`lepton_lab._tls`, and Ray only inside :func:`_apply_auth_env`.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import os
 import secrets
 from pathlib import Path
 
+from ._tls import TLS_VARS, ensure_local
 from .config import get_config
 
-_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *TLS_VARS)
 # the user's own Ray auth settings while the embedded cluster's are applied in this process
 _user_auth: dict[str, str | None] | None = None
 
@@ -33,10 +38,14 @@ def _embedded_token_path() -> Path:
     return path
 
 
-def _embedded_auth_env() -> dict[str, str | None]:
-    """Ray token authentication for the embedded cluster; None means: unset the variable."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_embedded_token_path()),
-            "RAY_AUTH_TOKEN": None}
+def _embedded_auth_env(tls: bool = False) -> dict[str, str | None]:
+    """Ray token authentication (and with ``tls`` Ray's TLS mode) for the embedded cluster;
+    None means: unset the variable."""
+    env: dict[str, str | None] = {"RAY_AUTH_MODE": "token",
+                                  "RAY_AUTH_TOKEN_PATH": str(_embedded_token_path()),
+                                  "RAY_AUTH_TOKEN": None}
+    env.update(ensure_local() if tls else dict.fromkeys(TLS_VARS))
+    return env
 
 
 def _with_env(base: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
@@ -50,11 +59,19 @@ def _with_env(base: dict[str, str], changes: dict[str, str | None]) -> dict[str,
 
 
 # -- this driver's settings ------------------------------------------------------------------
-def _use_embedded_auth() -> None:
+def _user_env() -> dict[str, str | None]:
+    """The user's own values of the variables (those set aside while the embedded cluster's
+    are applied, else this process's)."""
+    if _user_auth is not None:
+        return dict(_user_auth)
+    return {k: os.environ.get(k) for k in _AUTH_VARS}
+
+
+def _use_embedded_auth(tls: bool = False) -> None:
     global _user_auth
     if _user_auth is None:
         _user_auth = {k: os.environ.get(k) for k in _AUTH_VARS}
-    _apply_auth_env(_embedded_auth_env())
+    _apply_auth_env(_embedded_auth_env(tls))
 
 
 def _use_user_auth() -> None:

@@ -43,7 +43,15 @@ from ._probe import (  # noqa: F401
     local_versions,
     probe_nodes,
 )
-from ._ray_auth import _embedded_token_path, _use_embedded_auth, _use_user_auth  # noqa: F401
+from ._ray_auth import (  # noqa: F401
+    _embedded_token_path,
+    _use_embedded_auth,
+    _use_user_auth,
+    _user_env,
+)
+from ._tls import check_files as _check_tls_files
+from ._tls import env_says_tls
+from ._tls import mismatch as _tls_mismatch
 from .config import get_config
 from .errors import ClusterUnavailable, LeptonUsageError, VersionMismatch
 
@@ -59,6 +67,7 @@ class Connection:
     address: str
     kind: str  # "embedded" | "address" | "client"
     dashboard_url: str | None = None
+    tls: bool = False   # Ray's TLS mode (encrypted, mutually authenticated gRPC)
     versions_checked: bool = False
     node_versions: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -127,12 +136,12 @@ def _driver_outlives_the_head():
             os.environ.pop(_GCS_WAIT_VAR, None)
 
 
-def _ray_init(address: str, embedded: bool) -> None:
+def _ray_init(address: str, embedded: bool, tls: bool = False) -> None:
     with _driver_outlives_the_head():
-        _ray_init_now(address, embedded)
+        _ray_init_now(address, embedded, tls)
 
 
-def _ray_init_now(address: str, embedded: bool) -> None:
+def _ray_init_now(address: str, embedded: bool, tls: bool = False) -> None:
     import ray
 
     try:
@@ -149,7 +158,7 @@ def _ray_init_now(address: str, embedded: bool) -> None:
         ray.shutdown()
     kwargs: dict[str, Any] = {}
     if embedded:
-        _use_embedded_auth()
+        _use_embedded_auth(tls)
         kwargs["_node_ip_address"] = "127.0.0.1"
     else:
         _use_user_auth()
@@ -185,7 +194,8 @@ def connect(address: str | None = None) -> Connection:
             target = None
         if target is None:
             state = start_embedded()
-            conn = Connection(state["address"], "embedded", state.get("dashboard_url"))
+            conn = Connection(state["address"], "embedded", state.get("dashboard_url"),
+                              tls=bool(state.get("tls")))
         else:
             target = target.strip()
             if target == "auto":
@@ -199,9 +209,9 @@ def connect(address: str | None = None) -> Connection:
                     f"cannot reach the Ray cluster at {target} ({source}; {why}); start it, fix "
                     "the address, or use `%lepton connect local` for the embedded cluster")
             kind = "client" if target.startswith("ray://") else "address"
-            conn = Connection(target, kind)
+            conn = Connection(target, kind, tls=_check_tls(target))
         try:
-            _ray_init(conn.address, conn.kind == "embedded")
+            _ray_init(conn.address, conn.kind == "embedded", conn.tls)
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ...
             hint = ""
             if conn.kind != "embedded" and os.environ.get("RAY_AUTH_MODE", "") != "token":
@@ -217,6 +227,20 @@ def connect(address: str | None = None) -> Connection:
         if threading.current_thread() is not _BG.thread:
             _BG.error = None    # the user's own connection supersedes a failed background start
         return conn
+
+
+def _check_tls(target: str) -> bool:
+    """Whether this process speaks TLS to the cluster at ``target``, after checking that the
+    cluster agrees (Ray itself would wait out its whole GCS timeout, then fail obscurely) and
+    that the certificate files can be read. One line names the side that expects TLS."""
+    env = {k: v for k, v in _user_env().items() if v is not None}
+    _check_tls_files(env)
+    host, port = _split_host_port(target)
+    why = _tls_mismatch(target, host, port, client=env_says_tls(env),
+                        timeout=min(5.0, get_config().connect_timeout))
+    if why:
+        raise ClusterUnavailable(why)
+    return env_says_tls(env)
 
 
 def _dashboard_url() -> str | None:

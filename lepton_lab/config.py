@@ -71,6 +71,13 @@ class LeptonConfig(Configurable):
         "or new job. Env: LEPTON_IDLE_STOP_MINUTES. Default: 0 (never; a laptop keeps it).",
     ).tag(config=True)
 
+    tls = Bool(
+        help="Start the embedded cluster with Ray's TLS mode: every connection between its "
+        "processes, its nodes and the kernels is encrypted and needs a certificate from the "
+        "cluster's own CA (made under LEPTON_HOME/tls). Token authentication stays on. "
+        "Env: LEPTON_TLS=1. `lepton up --tls` does the same for one start. Default: off",
+    ).tag(config=True)
+
     dashboard = Bool(
         True, help="Start the Ray dashboard with the embedded cluster (needed for the state API)."
     ).tag(config=True)
@@ -133,6 +140,10 @@ class LeptonConfig(Configurable):
             return max(0.0, float(os.environ.get("LEPTON_IDLE_STOP_MINUTES", "0")))
         except ValueError:
             return 0.0
+
+    @default("tls")
+    def _default_tls(self) -> bool:
+        return os.environ.get("LEPTON_TLS", "0").strip().lower() in ("1", "true", "yes", "on")
 
     @default("check_versions")
     def _default_check_versions(self) -> bool:

@@ -6,7 +6,8 @@
     lepton status
     lepton jobs [--limit N]
     lepton logs JOB | lepton cancel JOB
-    lepton up [--idle-stop MIN] | lepton down | lepton cluster start | stop | status
+    lepton up [--idle-stop MIN] [--tls] | lepton down | lepton cluster start | stop | status
+    lepton tls join-command [--host H] | lepton tls env | lepton tls status
     lepton dashboard [--port P] [--run ID]
 """
 
@@ -36,10 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--idle-stop", type=float, metavar="MIN", default=None,
                     help="stop it after MIN minutes without a running or new job (default: "
                          "LEPTON_IDLE_STOP_MINUTES, else never)")
+    up.add_argument("--tls", action="store_true", default=None,
+                    help="Ray's TLS mode: encrypted, certificate-checked traffic between the "
+                         "cluster's processes, nodes and kernels (default: LEPTON_TLS)")
     sub.add_parser("down", help="stop the embedded local Ray cluster")
     from . import _dashboard as dashboard_cli
+    from . import _tls as tls_cli
 
     dashboard_cli.add_parser(sub)
+    tls_cli.add_parser(sub)
     return p
 
 
@@ -54,9 +60,10 @@ def _cluster(args: argparse.Namespace) -> int:
 
     action = {"up": "start", "down": "stop"}.get(args.command) or args.action
     if action == "start":
-        state = cluster.start_embedded()
+        state = cluster.start_embedded(tls=getattr(args, "tls", None))
         cluster.warm_up()          # the first cell of the next kernel then waits for less
-        print(f"embedded Ray at {state['address']}; dashboard {state['dashboard_url']}")
+        print(f"embedded Ray at {state['address']}{' (TLS)' if state.get('tls') else ''}; "
+              f"dashboard {state['dashboard_url']}")
         minutes = getattr(args, "idle_stop", None)
         minutes = cluster.get_config().idle_stop_minutes if minutes is None else minutes
         if minutes and minutes > 0:
@@ -103,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import _dashboard as dashboard_cli
 
             return dashboard_cli.main(args)
+        if args.command == "tls":
+            from . import _tls as tls_cli
+
+            return tls_cli.main(args)
         if args.command == "status":
             from ..remote._status import cluster_status, format_text
 

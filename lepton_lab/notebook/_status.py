@@ -26,7 +26,7 @@ def format_html(st: dict[str, Any]) -> str:
         for j in st["running_jobs"]) or "<tr><td colspan=5>none</td></tr>"
     return (
         f"<div class='lepton-status'><b>{e(st['kind'])} Ray</b> at <code>{e(st['address'])}</code>"
-        f" &middot; dashboard: {dash}<br>"
+        f" &middot; {'TLS on' if st.get('tls') else 'TLS off'} &middot; dashboard: {dash}<br>"
         f"{st['free']['CPU']:g}/{st['total']['CPU']:g} CPUs free &middot; "
         f"{st['free']['GPU']:g}/{st['total']['GPU']:g} GPUs free &middot; "
         f"{st['free']['memory'] / GiB:.1f}/{st['total']['memory'] / GiB:.1f} GiB memory free"

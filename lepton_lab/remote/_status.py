@@ -84,7 +84,7 @@ def cluster_status(*, probe: bool = True, wait: bool = False) -> dict[str, Any]:
 
     return {
         "address": conn.address, "kind": conn.kind, "dashboard_url": conn.dashboard_url,
-        "nodes": nodes,
+        "tls": conn.tls, "nodes": nodes,
         "total": {k: total.get(k, 0.0) for k in ("CPU", "GPU", "memory")},
         "free": {k: free.get(k, 0.0) for k in ("CPU", "GPU", "memory")},
         "running_jobs": running, "group": group_info(timeout=5),
@@ -108,7 +108,8 @@ def format_text(st: dict[str, Any]) -> str:
     if st.get("state") == "starting":
         return starting_text(st)
     kind = {"embedded": "embedded local Ray", "client": "Ray client", "address": "Ray cluster"}
-    lines = [f"{kind.get(st['kind'], st['kind'])} at {st['address']}",
+    tls = "TLS on (encrypted, certificate-checked)" if st.get("tls") else "TLS off"
+    lines = [f"{kind.get(st['kind'], st['kind'])} at {st['address']}; {tls}",
              f"dashboard: {st['dashboard_url'] or 'not available'}",
              f"resources: {st['free']['CPU']:g}/{st['total']['CPU']:g} CPUs free, "
              f"{st['free']['GPU']:g}/{st['total']['GPU']:g} GPUs free, "
