@@ -179,3 +179,33 @@ def test_audit_survives_a_kernel_killed_right_after_the_cell(kernel):
     actions = sorted(e["action"] for e in get_store().audit_entries(job_id=job.id))
     assert actions == ["outcome", "submit"]
     assert "42" in (get_store().get_job(job.id).log or "")
+
+
+def test_ten_detached_jobs_are_all_attached_after_a_kernel_restart(kernel):
+    """The attach rate over N = 10 detached jobs across a kernel restart (docs/reliability.md):
+    every job's whole output is replayed and its value pulled into the new kernel."""
+    from tests._reliability import record
+
+    n = 10
+    kernel.execute("%load_ext lepton_lab")
+    for i in range(n):
+        reply, msgs = kernel.execute(
+            f"%%lepton --detach --cpus 0.1 --name many-{i}\n"
+            f"import time\nprint('job {i} starts', flush=True)\ntime.sleep(3)\n"
+            f"print('job {i} ends', flush=True)\nvalue_{i} = {i} * {i}\n", timeout=120)
+        assert reply["status"] == "ok", (reply, text_of(msgs))
+    kernel.km.restart_kernel(now=True)          # while the jobs run
+    kernel.kc.wait_for_ready(timeout=60)
+    kernel.execute("%load_ext lepton_lab")
+    attached, failures = 0, []
+    for i in range(n):
+        reply, msgs = kernel.execute(f"%lepton attach many-{i}", timeout=120)
+        out = text_of(msgs)
+        ok = reply["status"] == "ok" and f"job {i} starts" in out and f"job {i} ends" in out
+        reply, msgs = kernel.execute(f"print(value_{i})")
+        if ok and text_of(msgs).strip() == str(i * i):
+            attached += 1
+        else:
+            failures.append((i, reply.get("evalue"), out[-300:]))
+    record("kernel_restart_detached", tried=n, survived=attached, data_lost=n - attached)
+    assert attached == n, failures
