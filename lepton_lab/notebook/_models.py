@@ -12,7 +12,8 @@ from typing import Any
 from ..errors import LeptonUsageError
 from ._parsing import UsageParser, real
 
-COMMANDS = ("compress", "models", "register", "deploy", "endpoints", "predict", "undeploy")
+COMMANDS = ("compress", "models", "register", "deploy", "endpoints", "predict", "undeploy",
+            "redeploy")
 
 HELP = """\
   compress MODEL [flags]  prune / quantize / export a model on the cluster; report + plot;
@@ -24,6 +25,8 @@ HELP = """\
   endpoints               deployed endpoints: URL, model, status, replicas
   predict NAME DATA       query an endpoint with a notebook array (uses this session's token)
   undeploy NAME           delete an endpoint
+  redeploy NAME           serve a LOST endpoint again (its cluster or head was restarted):
+                          the same model version, settings and token
 """
 
 EXAMPLES = """examples:
@@ -93,8 +96,10 @@ def parser(command: str) -> UsageParser:
         p.add_argument("data", nargs="?", help="a notebook expression: array, tensor or list")
         p.add_argument("--token-var", metavar="VAR",
                        help="notebook variable holding the token (default: this session's)")
-    elif command == "undeploy":
+    elif command in ("undeploy", "redeploy"):
         p.add_argument("endpoint", nargs="?")
+        if command == "redeploy":
+            p.add_argument("--timeout", type=real, default=180.0, metavar="SECONDS")
     return p
 
 
@@ -243,6 +248,15 @@ def _predict(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
                                "--token-var VAR (a variable holding the token or the "
                                "deploy result)")
     return predict(args.endpoint, data, token=token)
+
+
+def _redeploy(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:
+    _required(args, "redeploy", "endpoint")
+    from ..serve import redeploy
+
+    info = redeploy(args.endpoint, timeout=args.timeout)
+    print(f"lepton: {info.model_ref} is served again at {info.url}, with the same token")
+    return info
 
 
 def _undeploy(args: argparse.Namespace, shell: Any, origin: str | None) -> Any:

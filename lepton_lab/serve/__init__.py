@@ -34,10 +34,11 @@ from ._manage import (
     deploy,
     endpoint_status,
     list_endpoints,
+    redeploy,
     undeploy,
 )
 
-__all__ = ["DeployError", "DeployInfo", "DeploySpec", "deploy", "endpoint_status",
+__all__ = ["DeployError", "DeployInfo", "DeploySpec", "deploy", "endpoint_status", "redeploy",
            "generate_token", "hash_token", "list_endpoints", "predict", "undeploy"]
 
 

@@ -135,10 +135,35 @@ class DeployInfo:
 
 
 # -- the cluster side ---------------------------------------------------------------------------
+_SERVE_CONN: list[Any] = [None]    # the connection Serve's cached client belongs to
+
+
 def _connect() -> Any:
+    """The live connection. On a new one (another cluster, or the same head restarted) Serve's
+    cached controller client is dropped: Ray keys that cache by job id, and a restarted head
+    numbers its jobs from 1 again, so the old cluster's controller handle would be reused."""
     from ..cluster import ensure_connected
 
-    return ensure_connected()
+    conn = ensure_connected()
+    if _SERVE_CONN[0] is not conn:
+        if _SERVE_CONN[0] is not None:
+            _forget_serve_client()
+        _SERVE_CONN[0] = conn
+    return conn
+
+
+def _forget_serve_client() -> None:
+    import sys
+
+    context = sys.modules.get("ray.serve.context")
+    if context is None:
+        return
+    with contextlib.suppress(Exception):
+        forget = getattr(context, "_disconnect", None)
+        if forget is not None:
+            forget()
+        else:
+            context._set_global_client(None)
 
 
 def _cluster_host(conn: Any) -> str:
@@ -266,7 +291,7 @@ def _deployment(spec: DeploySpec) -> Any:
 
 
 def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
-           rotate_token: bool = False) -> DeployInfo:
+           rotate_token: bool = False, _keep_token: bool = False) -> DeployInfo:
     """Serve ``model_ref`` (``name[:version]`` in the registry) as endpoint ``spec.name``.
 
     Waits up to ``timeout`` seconds for the endpoint to answer. Deploying over a live
@@ -285,7 +310,7 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
     with _quiet_serve():
         host, port = ensure_serve()
     url = f"{_base_url(host, port, conn)}/{spec.name}"
-    token, token_hash, hint = _token_for(spec, rotate_token)
+    token, token_hash, hint = _token_for(spec, rotate_token, _keep_token)
     config = spec.to_dict() | {"model_sha256": rec.sha256, "format": rec.format,
                                "max_ongoing": spec.max_ongoing}
     store.put_endpoint(spec.name, model=rec.ref, status="deploying", url=url,
@@ -328,8 +353,10 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
                       time.monotonic() - t0, config)
 
 
-def _token_for(spec: DeploySpec, rotate: bool) -> tuple[str | None, str | None, str | None]:
-    """(plaintext or None, hash, hint): a new token, or the live endpoint's one kept."""
+def _token_for(spec: DeploySpec, rotate: bool, keep: bool = False
+               ) -> tuple[str | None, str | None, str | None]:
+    """(plaintext or None, hash, hint): a new token, or the live endpoint's one kept (with
+    ``keep``, that of an endpoint that is not live any more: a redeploy)."""
     if not spec.auth:
         return None, None, None
     if not rotate:
@@ -337,7 +364,8 @@ def _token_for(spec: DeploySpec, rotate: bool) -> tuple[str | None, str | None, 
             old = get_store().get_endpoint(spec.name)
         except EndpointNotFound:
             old = None
-        if old is not None and old.status in ("running", "deploying") and old.token_hash:
+        kept = ("running", "deploying", "failed") if keep else ("running", "deploying")
+        if old is not None and old.status in kept and old.token_hash:
             return None, old.token_hash, old.token_hint
     token = _auth.generate_token()
     return token, _auth.hash_token(token), _auth.hint(token)
@@ -429,6 +457,23 @@ def undeploy(name: str, timeout: float = 60.0) -> None:
     _TOKENS.pop(name, None)
 
 
+def redeploy(name: str, timeout: float = 180.0) -> DeployInfo:
+    """Serve endpoint ``name`` again as it was recorded (model version, replicas, batching,
+    resources) and with the same token, so its clients go on unchanged: for an endpoint that
+    is no longer on the cluster (the cluster or its head was restarted) or that failed."""
+    check_name(name, "endpoint")
+    rec = get_store().get_endpoint(name)
+    if rec.status == "deleted":
+        raise LeptonUsageError(f"endpoint {name!r} was deleted; `%lepton deploy MODEL --name "
+                               f"{name}` creates it again (with a new token)")
+    fields = set(DeploySpec.__dataclass_fields__)
+    config = {k: v for k, v in (rec.config or {}).items() if k in fields}
+    if config.get("autoscale"):
+        config["autoscale"] = tuple(config["autoscale"])
+    config["name"] = name
+    return deploy(rec.model, DeploySpec(**config), timeout, _keep_token=True)
+
+
 # -- status -------------------------------------------------------------------------------------
 def _live_apps() -> dict[str, Any] | None:
     """Serve's applications by name; None if no cluster is reachable (nothing is started)."""
@@ -455,8 +500,13 @@ def _merge(rec: Any, apps: dict[str, Any] | None) -> dict[str, Any]:
         return d
     app = apps.get(rec.name)
     if app is None:
-        d.update(live="NOT RUNNING" if rec.status != "deleted" else "DELETED", replicas={},
-                 message="")
+        if rec.status == "running":   # recorded as serving, but not on this cluster
+            d.update(live="LOST", replicas={},
+                     message=f"not on the cluster any more (it or its head was restarted); "
+                             f"`%lepton redeploy {rec.name}` serves it again, same token")
+        else:
+            d.update(live="NOT RUNNING" if rec.status != "deleted" else "DELETED", replicas={},
+                     message="")
         return d
     replicas: dict[str, int] = {}
     messages = [app.message] if app.message else []
@@ -474,8 +524,9 @@ def _merge(rec: Any, apps: dict[str, Any] | None) -> dict[str, Any]:
 
 def list_endpoints(include_deleted: bool = False) -> list[dict[str, Any]]:
     """Every endpoint in the store (newest first) with Serve's live status: ``live`` is
-    RUNNING, DEPLOYING, UNHEALTHY, DEPLOY_FAILED..., NOT RUNNING (absent from Serve, e.g.
-    after the cluster stopped) or NO CLUSTER; ``replicas`` counts replicas by state."""
+    RUNNING, DEPLOYING, UNHEALTHY, DEPLOY_FAILED..., LOST (recorded as running but absent
+    from Serve: the cluster or its head was restarted), NOT RUNNING (absent, and not recorded
+    as running) or NO CLUSTER; ``replicas`` counts replicas by state."""
     records = get_store().list_endpoints(include_deleted=include_deleted)
     apps = _live_apps() if records else None
     return [_merge(r, apps) for r in records]

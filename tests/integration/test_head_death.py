@@ -17,6 +17,7 @@ import pytest
 from tests._reliability import record
 
 from .conftest import KernelClient, free_port, text_of
+from .multinode import kill_session
 from .test_external_cluster import _start
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,9 @@ def head(tmp_path, cluster):
         procs.append(_start(args, tmp_path / f"head{len(procs)}.log", env))
 
     def kill():
-        os.killpg(procs[-1].pid, signal.SIGKILL)
+        # the whole session, as when the machine is lost: Ray's worker processes (Serve's
+        # proxy and replicas among them) may sit in process groups of their own
+        assert not kill_session(procs[-1].pid), "processes of the head survived SIGKILL"
         procs[-1].wait(10)
 
     start()
@@ -50,10 +53,7 @@ def head(tmp_path, cluster):
         yield {"address": f"127.0.0.1:{port}", "env": env, "start": start, "kill": kill}
     finally:
         for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_session(p.pid)
 
 
 def test_a_killed_head_is_one_line_and_the_kernel_goes_on_after_a_restart(head, tmp_path):
@@ -162,4 +162,50 @@ def test_a_dead_embedded_cluster_is_replaced_by_the_next_cell_which_says_so(tmp_
         assert "y is 2" in text_of(msgs)
     finally:
         k.execute("from lepton_lab import cluster as _c; _c.stop_embedded()", timeout=60)
+        k.stop()
+
+
+def test_an_endpoint_of_a_killed_head_is_lost_and_redeployed_with_its_token(head, tmp_path):
+    """(d) an endpoint serves when its head is killed: a request is one line at once, the
+    listing says NO CLUSTER, then LOST once the head is back; `%lepton redeploy` serves the
+    same model again and the token the clients hold still works."""
+    home = tmp_path / "home"
+    port = free_port()
+    k = KernelClient(dict(head["env"], RAY_ADDRESS=head["address"], LEPTON_HOME=str(home),
+                          LEPTON_SERVE_PORT=str(port)))
+    try:
+        assert k.execute("%load_ext lepton_lab")[0]["status"] == "ok"
+        reply, msgs = k.execute(
+            "import torch, numpy as np\ntorch.manual_seed(0)\n"
+            "model = torch.nn.Linear(4, 2)\nX = np.ones((3, 4), dtype=np.float32)\n"
+            "%lepton register model tiny", timeout=120)
+        assert reply["status"] == "ok", (reply, text_of(msgs))
+        reply, msgs = k.execute("info = %lepton deploy tiny --name tiny-api --cpus 0.5 "
+                                "--max-batch 1", timeout=300)
+        assert reply["status"] == "ok", (reply, text_of(msgs))
+        reply, msgs = k.execute("before = %lepton predict tiny-api X\nprint(np.shape(before))",
+                                timeout=60)
+        assert reply["status"] == "ok" and "(3, 2)" in text_of(msgs), (reply, text_of(msgs))
+
+        head["kill"]()
+        t0 = time.monotonic()
+        line = _error(k.execute("%lepton predict tiny-api X", timeout=60)[0])
+        assert "does not answer" in line and time.monotonic() - t0 < 10, line
+        reply, msgs = k.execute("%lepton endpoints", timeout=60)
+        assert reply["status"] == "ok" and "NO CLUSTER" in text_of(msgs), (reply, text_of(msgs))
+
+        head["start"]()
+        reply, msgs = k.execute("%lepton endpoints", timeout=120)
+        assert reply["status"] == "ok" and "LOST" in text_of(msgs), (reply, text_of(msgs))
+        reply, msgs = k.execute("%lepton redeploy tiny-api", timeout=300)
+        assert reply["status"] == "ok", (reply, text_of(msgs))
+        assert "same token" in text_of(msgs)
+        # the token from the first deploy (the one the clients hold) is still the one
+        reply, msgs = k.execute("after = %lepton predict tiny-api X --token-var info\n"
+                                "print(np.allclose(before, after))", timeout=60)
+        assert reply["status"] == "ok" and "True" in text_of(msgs), (reply, text_of(msgs))
+        reply, msgs = k.execute("%lepton endpoints", timeout=60)
+        assert "RUNNING" in text_of(msgs) and "LOST" not in text_of(msgs), text_of(msgs)
+        record("endpoint_head_killed", tried=1, survived=1, data_lost=0)
+    finally:
         k.stop()
