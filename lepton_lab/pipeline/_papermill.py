@@ -21,6 +21,20 @@ from traitlets import default
 from ._engine import OPTIONS, begin, finish, inject_setup
 
 
+def _check_parameters(nb, kernel_name: str | None) -> None:
+    """``papermill --engine lepton`` used directly: the same one-line refusal of a parameter
+    of the wrong type as ``lepton run`` gives, before a kernel starts (the run is recorded
+    as failed by ``finish``)."""
+    from pathlib import Path
+
+    from ._run import check_parameters
+
+    meta = nb.metadata.get("papermill", {})
+    source, params = meta.get("input_path"), dict(meta.get("parameters") or {})
+    if params and source and Path(str(source)).is_file():
+        check_parameters(Path(str(source)), params, kernel_name)
+
+
 class LeptonKernelManager(AsyncKernelManager):
     """nbclient's kernel manager with CurveZMQ wherever the kernel can speak it."""
 
@@ -40,6 +54,8 @@ class LeptonEngine(NBClientEngine):
         kwargs.setdefault("kernel_manager_class", LeptonKernelManager)
         error: BaseException | None = None
         try:
+            if not opts.get("lepton_run_id"):    # `lepton run` and sweeps checked already
+                _check_parameters(nb_man.nb, kernel_name)
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
         except BaseException as exc:
             error = exc

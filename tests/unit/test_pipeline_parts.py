@@ -242,3 +242,20 @@ def test_bad_pipeline_input_is_one_line_and_a_failed_record(tmp_path, lepton_hom
     assert {r.status for r in runs} == {"failed"}
     assert sorted(r.name for r in runs) == ["absent", "broken", "nokernel", "ok", "ok"]
     assert all(r.error for r in runs)
+
+
+def test_papermill_used_directly_refuses_a_wrong_type_and_records_the_failed_run(tmp_path,
+                                                                                lepton_home):
+    """`papermill --engine lepton` (not `lepton run`): the same one-line refusal, before any
+    kernel starts, and a failed run record."""
+    import papermill as pm
+
+    from lepton_lab.store import get_store
+
+    nb = _param_notebook(tmp_path / "direct.ipynb", "lr = 0.1\nepochs = 2")
+    with pytest.raises(LeptonUsageError) as err:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"epochs": "ten"},
+                            engine_name="lepton", progress_bar=False)
+    assert "parameter epochs of direct.ipynb is int (epochs = 2), not str 'ten'" in str(err.value)
+    run = get_store().list_pipeline_runs(limit=1)[0]
+    assert run.status == "failed" and "parameter epochs" in (run.error or ""), run
