@@ -47,7 +47,17 @@ CHECKS = [
      "tests/unit/test_store_faults.py::test_writer_killed_mid_write_leaves_a_consistent_store",
      True),
     ("head_killed", "a killed head is one line within 10 s; the kernel goes on after a restart",
-     "tests/integration/test_head_death.py", False),
+     "tests/integration/test_head_death.py::"
+     "test_a_killed_head_is_one_line_and_the_kernel_goes_on_after_a_restart", False),
+    ("endpoint_head_killed", "an endpoint of a killed head is LOST; `%lepton redeploy` serves "
+     "it again with the same token", "tests/integration/test_head_death.py::"
+     "test_an_endpoint_of_a_killed_head_is_lost_and_redeployed_with_its_token", False),
+    ("kernel_restart_detached", "10 detached jobs across a kernel restart: every one attached "
+     "with its output and values", "tests/integration/test_kernels.py::"
+     "test_ten_detached_jobs_are_all_attached_after_a_kernel_restart", False),
+    ("tls_plain_client_refused", "a TLS cluster refuses a process without its certificates in "
+     "one line within 10 s; cells, groups and training run over TLS",
+     "tests/integration/test_tls.py", False),
     ("endpoint_body_fuzz_http", "bad bodies at a live endpoint: only 400/413, no replica "
      "restarts", "tests/integration/test_serve.py", False),
     ("unauthenticated_endpoint_calls", "no endpoint answers without its token",
