@@ -168,3 +168,26 @@ def test_a_tls_process_is_told_that_a_plain_cluster_has_no_tls(tls_cluster, clus
     assert line.startswith("ClusterUnavailable:"), line
     assert "this process uses TLS (RAY_USE_TLS=1) but the Ray cluster" in line, line
     assert seconds < 10, seconds
+
+
+def test_a_kernel_connects_by_address_with_the_variables_lepton_tls_env_prints(tls_cluster):
+    """A user's own kernel (another LEPTON_HOME, no embedded cluster) reaches the TLS cluster
+    with `%lepton connect`, given the variables `lepton tls env` prints and the token."""
+    exports = _lepton(tls_cluster["env"], "tls", "env")
+    tls_vars = dict(shlex.split(line)[1].split("=", 1) for line in exports.strip().splitlines())
+    assert tls_vars["RAY_USE_TLS"] == "1", exports
+    home = tls_cluster["home"]
+    env = dict(_env(home / "by-address"), **tls_vars, RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN_PATH=str(home / "ray_auth_token"))
+    k = KernelClient(env)
+    try:
+        reply, msgs = k.execute(f"%load_ext lepton_lab\n%lepton connect {tls_cluster['address']}",
+                                timeout=120)
+        assert reply["status"] == "ok", (reply, text_of(msgs))
+        reply, msgs = k.execute("%%lepton\nimport os\nprint('tls', os.environ['RAY_USE_TLS'])",
+                                timeout=180)
+        assert reply["status"] == "ok", (reply, text_of(msgs))
+        assert "tls 1" in text_of(msgs)
+        assert not (home / "by-address" / "cluster.json").exists()   # nothing embedded started
+    finally:
+        k.stop()
