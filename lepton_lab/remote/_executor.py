@@ -358,6 +358,10 @@ def _cell_ended() -> None:
             pass
 
 
+#: a cell that has sent nothing after this many seconds sends a ("running",) event
+RUNNING_AFTER_S = 1.0
+
+
 def stream_cell(payload: dict[str, Any], ns: dict[str, Any], runner: CellThread,
                 rank: int | None = None) -> Iterator[list[tuple]]:
     """Run the cell on ``runner`` and yield its events in batches, ending with ``done``."""
@@ -365,10 +369,16 @@ def stream_cell(payload: dict[str, Any], ns: dict[str, Any], runner: CellThread,
     fut = runner.submit(lambda: execute(payload, ns, emitter))
     fut.add_done_callback(lambda _f: emitter.finish())
     interval = float(payload.get("interval", 0.05))
+    began, sent = time.monotonic(), False
     while not fut.done():
         batch = emitter.drain(interval)
         if batch:
+            sent = True
             yield batch
+        elif not sent and time.monotonic() - began > RUNNING_AFTER_S:
+            # a silent cell tells the kernel once that it runs (not waiting for resources)
+            sent = True
+            yield [("running",)]
     try:
         result = fut.result()
     except BaseException as exc:  # noqa: BLE001 - e.g. an interrupt outside the cell body

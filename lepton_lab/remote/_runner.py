@@ -194,14 +194,20 @@ def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
     results: dict[Any, dict] = {}
     started = time.monotonic()
     next_check = started + 1.0          # a cell that ends within a second reads nothing
-    next_alive = started + 2.0
     next_idle = started + 1.0
     conn = current()
+    last_alive = [started]              # when the head last answered (or the wait began)
+
+    def check_head(max_age: float) -> None:
+        """Probe the head unless it answered within ``max_age`` seconds."""
+        if conn is None or time.monotonic() - last_alive[0] < max_age:
+            return
+        if not head_alive(conn):
+            raise ClusterUnavailable(drop_dead_connection(conn))
+        last_alive[0] = time.monotonic()
+
     while pending:
-        if conn is not None and time.monotonic() >= next_alive:
-            next_alive = time.monotonic() + 2.0
-            if not head_alive(conn):
-                raise ClusterUnavailable(drop_dead_connection(conn))
+        check_head(2.0)
         if job_id is not None and time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
             if get_store().get_job(job_id).status == "cancelled":
@@ -237,8 +243,7 @@ def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
         if idle is not None and not ready and time.monotonic() >= next_idle:
             # the callback may ask Ray's state API, which waits for good on a dead head
             next_idle = time.monotonic() + 1.0
-            if conn is not None and not head_alive(conn):
-                raise ClusterUnavailable(drop_dead_connection(conn))
+            check_head(0.5)
             idle(time.monotonic() - started)
     return results
 
@@ -397,7 +402,11 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
         job_id = record_submission("cell", body, an, spec, conn.address, origin)
         return _run_through_keeper(job_id, payload, spec, namespace, tee, deadline)
     job_id = new_job_id()
-    noted = []
+    noted = []      # a note was shown, or the task was seen running: no note (any more)
+
+    def on_event(_rank: Any, event: tuple) -> None:
+        noted.append(True)
+        tee.handle(event)
 
     def idle(waited: float) -> None:
         if waited > 5 and not noted:
@@ -415,8 +424,8 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
             # recorded (job and audit entry, one transaction) while the task runs: off the
             # cell's critical path, and still committed before its outcome is shown
             record_job(job_id, "cell", body, an, spec, conn.address, origin)
-            results = consume({gens[0]: None}, lambda _r, ev: tee.handle(ev), deadline=deadline,
-                              idle=idle, job_id=job_id)
+            results = consume({gens[0]: None}, on_event, deadline=deadline, idle=idle,
+                              job_id=job_id)
         except KeyboardInterrupt:
             cancel_streams(gens)
             tee.status("interrupted: the remote work was cancelled and its resources freed")

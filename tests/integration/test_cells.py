@@ -106,6 +106,17 @@ def test_infeasible_request_fails_fast(ip):
     assert time.monotonic() - t < 10
 
 
+def test_a_long_silent_cell_is_not_said_to_wait_for_resources(ip, capsys):
+    # it holds every CPU of the cluster itself: before the worker said it runs, the kernel
+    # saw 0 CPUs free after 5 s and printed "waiting for resources"
+    wait_for_free_cpus(timeout=30)
+    capsys.readouterr()
+    res = run(ip, "--cpus 2", "import time\ntime.sleep(6.5)\ndone = True")
+    assert res.success, res.error_in_exec
+    assert ip.user_ns["done"] is True
+    assert "waiting for resources" not in capsys.readouterr().err
+
+
 def test_timeout_cancels_and_frees_resources(ip):
     t = time.monotonic()
     res = run(ip, "--timeout 2", "import time\nwhile True:\n    time.sleep(0.05)")

@@ -390,3 +390,18 @@ def test_value_assigned_through_global_comes_back():
     result, _, ns = run("def bump():\n    global counter\n    counter = 5\nbump()\n")
     assert ns["counter"] == 5                           # it was set on the cluster side
     assert values(result).get("counter") == 5
+
+
+def test_a_silent_cell_says_once_that_it_runs_and_a_quick_one_does_not():
+    """The kernel tells "waiting for resources" from "running quietly" by this event."""
+    runner = CellThread()
+    try:
+        silent = [e for b in collect("import time\ntime.sleep(1.6)", runner) for e in b]
+        assert [e for e in silent if e[0] == "running"] == [("running",)]
+        quick = [e for b in collect("x = 1", runner) for e in b]
+        assert not [e for e in quick if e[0] == "running"]
+        talky = [e for b in collect("import time\nprint('hi', flush=True)\ntime.sleep(1.6)",
+                                    runner) for e in b]
+        assert not [e for e in talky if e[0] == "running"]      # its output already said so
+    finally:
+        runner.stop()
