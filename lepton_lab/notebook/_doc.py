@@ -98,7 +98,9 @@ Line commands (`%lepton COMMAND`)
 ---------------------------------
   status                  nodes, CPUs, GPUs, memory, running jobs, dashboard link
   connect ADDRESS         use an existing cluster: host:port or ray://host:10001;
-                          `connect local` goes back to the embedded cluster
+                          `connect local` goes back to the embedded cluster; a TLS
+                          cluster needs RAY_USE_TLS and its files in the kernel's
+                          environment (`lepton tls env` prints them; `lepton up --tls`)
   disconnect              drop the connection (the cluster keeps running)
   jobs [--all] [--limit N] [--status S]   recorded jobs, newest first
   attach JOB              follow a detached job to its end and pull its variables
