@@ -12,6 +12,8 @@ Parts
 3. a fresh 64 MiB NumPy array read by a cell vs ``ray.put`` + task vs ipyparallel ``push``.
 4. the first cell on a fresh kernel, including the local Ray start (subprocess, new
    LEPTON_HOME).   Goal: <= 12 s.
+tls (only with ``--parts tls``): a trivial cell and a 64 MiB transfer across nodes on two 2-node
+   clusters, one plain and one with Ray's TLS mode, same run (bench/_tls_part.py).
 
 Contenders of a part are timed round-robin (rotating order), so load from other processes on
 a shared machine hits them alike; their ratios are the figures to trust, more than the
@@ -56,9 +58,11 @@ from _harness import (  # noqa: E402
     watchdog,
 )
 from _report import report  # noqa: E402
+from _tls_part import part_tls, tls_report  # noqa: E402
 
 TRIVIAL = "z = 1"
 BIG_BYTES = 64 * MiB
+PARTS = ("warm", "cold", "coldbg", "tls")   # tls (bench/_tls_part.py) only when asked for
 
 
 def _drain(gen: Any) -> None:
@@ -331,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="write every raw sample and summary here")
     p.add_argument("--parts", default="warm,cold,coldbg",
                    help="comma-separated: warm (parts 1-3), cold (part 4), coldbg (part 4b, "
-                        "the background start); default all")
+                        "the background start), tls (TLS vs plain on two 2-node clusters); "
+                        "default warm,cold,coldbg")
     args = p.parse_args(argv)
+    if not set(filter(None, args.parts.split(","))) <= set(PARTS):
+        p.error(f"--parts: unknown part(s) {args.parts!r}; known: {', '.join(PARTS)}")
     args.iters, args.warmup = (10, 2) if args.quick else (50, 5)
     args.big_iters, args.big_warmup = (3, 1) if args.quick else (10, 2)
     cold_repeats, start_pairs = (1, 1) if args.quick else (3, 2)
@@ -351,11 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         res["cold_bg"] = part4b(cold_repeats)
     if "warm" in parts:
         res["warm"] = warm(args)
+    if "tls" in parts:
+        res["tls"] = part_tls(args)
     _harness.MONITOR.stop()
     res["cpu_by_phase"] = _harness.MONITOR.phases
     res["loadavg_end"] = list(os.getloadavg())
     res["wall_s"] = time.perf_counter() - t0
     text = report(res)
+    if res.get("tls"):
+        text += "\n\n" + "\n".join(tls_report(res["tls"], res["cpu_by_phase"]))
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
