@@ -17,9 +17,10 @@ drives both through ``_harness.interleaved`` (one measurement at a time, the two
 alternating round by round), so load from other processes hits plain and TLS alike.
 
 Measured, each on both clusters after a short untimed pause (``SETTLE_S``): a trivial
-``%%lepton`` cell, a trivial raw Ray task and a trivial streaming-generator task (the floor
-under the cell; a cell is one), ``ray.put`` of a fresh 64 MiB array + a task on the other
-node reading it, and a ``%%lepton`` cell reading a fresh 64 MiB array from the namespace.
+``%%lepton`` cell, the same cell sent right after another one, a trivial raw Ray task and a
+trivial streaming-generator task (the floor under the cell; a cell is one), ``ray.put`` of a
+fresh 64 MiB array + a task on the other node reading it, and a ``%%lepton`` cell reading a
+fresh 64 MiB array from the namespace.
 Reported: p50/p90 of each and the TLS/plain ratio of the p50s. Both clusters and both
 drivers are stopped at the end, and that no process of a node's session is left is checked.
 """
@@ -62,20 +63,23 @@ BIG_BYTES = 64 * MiB
 TRIVIAL = "z = 1"
 CLUSTERS = ("plain", "TLS")
 #: an untimed pause before every timed step, so each starts with both clusters quiet, as a
-#: notebook cell run by hand does. A cell leaves work behind after its result is back: without
-#: the pause a trivial cell took ~10 ms or 50-100 ms depending on what ran just before it, and
-#: the TLS/plain ratio of its p50 swung between 0.5x and 3.8x from run to run on a 2-core
-#: machine (back-to-back cells were as bimodal with the pause, alike for plain and TLS).
+#: notebook cell run by hand does. A cell leaves work behind after its result is back, and a
+#: cell sent sooner waits for it: without the pause a trivial cell took ~7 ms when the other
+#: driver's cell had run just before it and 30-100 ms right after one of its own, so its p50
+#: and the TLS/plain ratio depended on the order (0.5x to 9x in runs without the pause).
+#: Back to back (a notebook's "run all") is measured on its own, as the second of two cells
+#: sent one right after the other.
 SETTLE_S = 0.25
 #: what a child can time: kind -> the measurement's name in the report
 KINDS = {
     "trivial_cell": "trivial %%lepton cell (z = 1)",
+    "trivial_cell_b2b": "trivial %%lepton cell right after another (back to back)",
     "trivial_task": "raw Ray task, trivial (the floor under the cell)",
     "trivial_gen": "raw Ray streaming-generator task, trivial (as a cell's)",
     "put_task": "64 MiB: ray.put(a) + task on the other node reading it",
     "big_cell": "64 MiB: %%lepton cell reading a (n = a.nbytes)",
 }
-TRIVIAL_KINDS = ("trivial_cell", "trivial_task", "trivial_gen")
+TRIVIAL_KINDS = ("trivial_cell", "trivial_cell_b2b", "trivial_task", "trivial_gen")
 BIG_KINDS = ("put_task", "big_cell")
 
 
@@ -435,8 +439,10 @@ class _Child:
         ray = self.ray
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
+        if kind == "trivial_cell_b2b":
+            self.cell(TRIVIAL)                   # untimed: the cell the timed one follows
         t0 = time.perf_counter()
-        if kind == "trivial_cell":
+        if kind in ("trivial_cell", "trivial_cell_b2b"):
             self.cell(TRIVIAL)
         elif kind == "trivial_task":
             ray.get(self.noop.remote(), timeout=60)
@@ -447,7 +453,7 @@ class _Child:
         else:
             self.cell("n = a.nbytes")
         took = time.perf_counter() - t0
-        if kind == "trivial_cell" and self.ip.user_ns.get("z") != 1:
+        if kind.startswith("trivial_cell") and self.ip.user_ns.get("z") != 1:
             raise RuntimeError("the trivial cell did not set z = 1")
         if kind == "put_task" and n != BIG_BYTES:
             raise RuntimeError(f"the task read {n} bytes")
