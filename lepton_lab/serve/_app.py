@@ -301,11 +301,15 @@ def openapi(name: str, model_ref: str, shape: tuple[int, ...] | None, auth: bool
 class EndpointReplica:
     """One replica of an endpoint (wrapped with ``serve.deployment`` when deployed).
 
-    ``artifact`` is the model file's bytes, read by the deploying kernel: nothing needs a
-    disk shared with the cluster. ``config`` carries the rest (see ``_manage._replica_config``).
+    ``artifact`` names the model file's bytes in the cluster's key-value store, put there by
+    the deploying kernel (:mod:`._artifacts`): nothing needs a disk shared with the cluster.
+    ``config`` carries the rest (see ``_manage._replica_config``).
     """
 
-    def __init__(self, artifact: bytes, config: dict[str, Any]):
+    def __init__(self, artifact: dict[str, Any], config: dict[str, Any]):
+        from ._artifacts import fetch
+
+        artifact = fetch(artifact)
         self.name = config["name"]
         self.model_ref = config["model_ref"]
         self._token_hash = config.get("token_hash")

@@ -21,7 +21,7 @@ from typing import Any
 from ..config import get_config
 from ..errors import InfeasibleRequest, LeptonError, LeptonUsageError
 from ..store import EndpointNotFound, check_name, get_store
-from . import _auth
+from . import _artifacts, _auth
 from ._app import sample_shape
 
 log = logging.getLogger("lepton_lab.serve")
@@ -313,6 +313,10 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
     token, token_hash, hint = _token_for(spec, rotate_token, _keep_token)
     config = spec.to_dict() | {"model_sha256": rec.sha256, "format": rec.format,
                                "max_ongoing": spec.max_ongoing}
+    try:
+        previous = (store.get_endpoint(spec.name).config or {}).get("model_sha256")
+    except EndpointNotFound:
+        previous = None
     store.put_endpoint(spec.name, model=rec.ref, status="deploying", url=url,
                        token_hash=token_hash, token_hint=hint, config=config)
     store.audit("deploy", cluster=conn.address,
@@ -321,8 +325,9 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
 
     old = serve.status().applications.get(spec.name)
     try:
-        app = _deployment(spec).bind(artifact, _replica_config(spec, rec, token_hash))
+        stored = _artifacts.stash(rec.sha256, artifact)
         del artifact
+        app = _deployment(spec).bind(stored, _replica_config(spec, rec, token_hash))
         serve_run = getattr(serve, "_run", None)
         with _quiet_serve():
             if serve_run is not None:     # returns at once; we wait below, with a timeout
@@ -346,6 +351,8 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
                           ) from None
     store.set_endpoint_status(spec.name, "running", url=url)
     store.audit("deploy", cluster=conn.address, outcome="running", detail=spec.name)
+    if previous and previous != rec.sha256:      # the old version's bytes, if now unused
+        _drop_unused(previous)
     if token:
         _TOKENS[spec.name] = token
     replicas = spec.autoscale or spec.replicas
@@ -455,6 +462,19 @@ def undeploy(name: str, timeout: float = 60.0) -> None:
     store.set_endpoint_status(name, "deleted")
     store.audit("undeploy", outcome="deleted", detail=name)
     _TOKENS.pop(name, None)
+    _drop_unused((rec.config or {}).get("model_sha256"))
+
+
+def _drop_unused(sha256: str | None) -> None:
+    """Remove a model's bytes from the cluster's store once no endpoint of this store that
+    may still run (running, deploying, failed) uses them."""
+    if not sha256:
+        return
+    for other in get_store().list_endpoints():
+        if other.status != "deleted" and (other.config or {}).get("model_sha256") == sha256:
+            return
+    with contextlib.suppress(Exception):
+        _artifacts.drop(sha256)
 
 
 def redeploy(name: str, timeout: float = 180.0) -> DeployInfo:

@@ -376,8 +376,18 @@ def test_redeploying_rolls_out_the_new_version_and_keeps_the_token(endpoint, dig
     model2, ref2 = train_and_register(digits["x"], digits["y"], 1, digits["folder"])
     assert ref2 == "digits:2"
     spec = DeploySpec(name=NAME, replicas=2, cpus=0.25, max_batch=16, batch_wait_ms=2.0)
+    old_sha = get_store().get_model(endpoint.model_ref).sha256
     info = deploy(ref2, spec, timeout=150)
     assert info.token is None and info.token_hint == endpoint.token_hint
+    # the replicas read the model's bytes from the cluster's key-value store, not from
+    # Serve's checkpoint; the old version's bytes go once no endpoint uses them
+    from lepton_lab.serve import _artifacts
+
+    stashed = _artifacts.stashed()
+    assert get_store().get_model(ref2).sha256 in stashed
+    users = [e.name for e in get_store().list_endpoints()
+             if e.status != "deleted" and e.config.get("model_sha256") == old_sha]
+    assert (old_sha in stashed) == bool(users), users
     assert endpoint.token_hint not in ("", None) and "DeployInfo" in repr(info)
     rec = get_store().get_endpoint(NAME)
     assert rec.model == "digits:2" and rec.status == "running"
@@ -530,11 +540,15 @@ def test_the_dashboard_sees_and_calls_the_real_endpoint(endpoint, digits):
 def test_undeploy_removes_the_endpoint(endpoint, digits):
     import httpx
 
-    from lepton_lab.serve import list_endpoints, predict, undeploy
+    from lepton_lab.serve import _artifacts, list_endpoints, predict, undeploy
     from lepton_lab.store import EndpointNotFound, get_store
 
+    sha = get_store().get_endpoint(NAME).config["model_sha256"]
     undeploy(NAME)
     assert get_store().get_endpoint(NAME).status == "deleted"
+    if not [e for e in get_store().list_endpoints()
+            if e.status != "deleted" and e.config.get("model_sha256") == sha]:
+        assert sha not in _artifacts.stashed()        # its bytes left the cluster's store
     assert any(e["action"] == "undeploy" and e["detail"] == NAME
                for e in get_store().audit_entries(limit=50))
     assert NAME not in [r["name"] for r in list_endpoints()]
