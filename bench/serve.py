@@ -22,6 +22,13 @@ Parts
 2. the same two at concurrency 16 (bounded count): p50, p99, requests/s.
 3. batching: Lepton endpoints with ``max_batch`` 32 vs ``max_batch`` 1 (1 replica each), at
    concurrency 32, alternating rounds.   Goal: >= 3x the requests/s.
+4. one request of 64 rows as ``.npy`` vs the same rows as JSON, to the same endpoint, one at a
+   time.   Goal: ``.npy`` not slower than JSON.
+5. part 3 again on a model whose forward pass dominates: an MLP 64 -> H -> H -> 10 with
+   ``--heavy-hidden`` H (default 8192, ~270 MB of weights read per forward pass, so 32 rows
+   cost about what one does).   Goal: >= 3x the requests/s.
+Parts 3 and 5 also record the cores each kind of process used (``bench/_serve_extra.py``).
+``--parts`` picks parts (e.g. ``--parts 4,5``).
 
 Everything the run starts (cluster under its own LEPTON_HOME in /root/scr, Serve, the
 uvicorn subprocess) is stopped at the end, and every phase has a watchdog.
@@ -58,6 +65,7 @@ from _harness import (  # noqa: E402
     watchdog,
 )
 from _report import verdict  # noqa: E402
+from _serve_extra import ProcessCores, body_formats, forward_times, wide_model  # noqa: E402
 from _serve_load import (  # noqa: E402
     NPY,
     alternate,
@@ -103,28 +111,6 @@ def train_model(path: Path) -> dict[str, Any]:
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def forward_times(model: Any) -> dict[str, float]:
-    """Milliseconds per forward pass in this process (1 thread), for 1 and 32 rows."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = {}
-    try:
-        with torch.inference_mode():
-            for rows in (1, 32):
-                x = torch.rand(rows, 64)
-                for _ in range(5):
-                    model(x)
-                t0 = time.perf_counter()
-                for _ in range(50):
-                    model(x)
-                out[f"{rows}_rows_ms"] = (time.perf_counter() - t0) / 50 * 1e3
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
-
 # -- the run -----------------------------------------------------------------------------------
 def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
     import numpy as np
@@ -162,9 +148,13 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
     _harness.MONITOR.add_session(proc.pid)
     deployed: list[str] = []
     try:
+        want = set(args.parts)
         with watchdog(300, "deploys"), phase("deploys"):
             infos = {}
-            for name, mb in (("bench-lepton", 32), ("bench-b32", 32), ("bench-b1", 1)):
+            names = [("bench-lepton", 32)]
+            if "3" in want:
+                names += [("bench-b32", 32), ("bench-b1", 1)]
+            for name, mb in names:
                 t0 = time.perf_counter()
                 infos[name] = deploy(rec.ref, DeploySpec(name=name, max_batch=mb,
                                                          batch_wait_ms=5.0, cpus=0.5),
@@ -189,19 +179,31 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
                 r = load(url, body, headers, 1, 1)
                 assert not r["errors"], r["errors"]
         r, n, c = args.rounds, args.seq_per_round, args.conc_per_round
-        log(f"part 1: sequential latency, {r} rounds x {n} requests each")
-        with watchdog(600, "part 1"), phase("part 1"):
-            res["part1"] = alternate(trio, body, r, n, 1)
-        log(f"part 2: concurrency 16, {r} rounds x {c} requests each")
-        with watchdog(600, "part 2"), phase("part 2"):
-            res["part2"] = alternate(trio, body, r, c, 16)
-        log(f"part 3: batched vs unbatched at concurrency 32, {r} rounds x {c} requests")
-        for name in ("bench-b32", "bench-b1"):
-            url, headers = lep(name)
-            load(url, body, headers, 64, 32)                         # warm-up
-        with watchdog(600, "part 3"), phase("part 3"):
-            res["part3"] = alternate({"max_batch 32": lep("bench-b32"),
-                                      "max_batch 1": lep("bench-b1")}, body, r, c, 32)
+        if "1" in want:
+            log(f"part 1: sequential latency, {r} rounds x {n} requests each")
+            with watchdog(600, "part 1"), phase("part 1"):
+                res["part1"] = alternate(trio, body, r, n, 1)
+        if "2" in want:
+            log(f"part 2: concurrency 16, {r} rounds x {c} requests each")
+            with watchdog(600, "part 2"), phase("part 2"):
+                res["part2"] = alternate(trio, body, r, c, 16)
+        if "3" in want:
+            log(f"part 3: batched vs unbatched at concurrency 32, {r} rounds x {c} requests")
+            for name in ("bench-b32", "bench-b1"):
+                url, headers = lep(name)
+                load(url, body, headers, 64, 32)                         # warm-up
+            with watchdog(600, "part 3"), phase("part 3"), ProcessCores() as pc:
+                res["part3"] = alternate({"max_batch 32": lep("bench-b32"),
+                                          "max_batch 1": lep("bench-b1")}, body, r, c, 32)
+            res["part3_cores"] = pc.cores
+        if "4" in want:
+            log(f"part 4: 64 rows as .npy vs JSON, {r} rounds x {n // 2} requests each")
+            with watchdog(600, "part 4"), phase("part 4"):
+                res["part4"] = body_formats(infos["bench-lepton"].predict_url,
+                                            infos["bench-lepton"].token,
+                                            np.tile(m["x"][:64], (1, 1)), r, max(10, n // 2))
+        if "5" in want:
+            part5(args, res, deployed, rec.ref, body, r, c)
     finally:
         log("cleaning up")
         with watchdog(180, "the clean-up"):
@@ -218,6 +220,60 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
 
                 serve.shutdown()
             stop_baseline(proc)
+
+
+def part5(args: argparse.Namespace, res: dict[str, Any], deployed: list[str], ref: str,
+          body: bytes, rounds: int, per_round: int) -> None:
+    """Part 3 on a wide MLP whose forward pass dominates the request."""
+    from lepton_lab.serve import DeploySpec, deploy, undeploy
+    from lepton_lab.store import get_store
+
+    hidden = args.heavy_hidden
+    path = Path(args.home) / f"wide-{hidden}.pt"
+    with phase("part 5 model"):
+        info = wide_model(path, hidden)
+    data = path.read_bytes()
+    rec = get_store().register_model(
+        "wide-mlp", kind="imported", format="torch", path=str(path),
+        sha256=hashlib.sha256(data).hexdigest(), size=len(data), params=info["params"],
+        settings={"input_shape": [64]})
+    del data
+    res["part5_model"] = {"ref": rec.ref, "layers": [64, hidden, hidden, 10], **info}
+    log(f"part 5: {rec.ref}, {info['params']:,} parameters, forward 1 row "
+        f"{info['forward']['1_rows_ms']:.1f} ms, 32 rows {info['forward']['32_rows_ms']:.1f} ms")
+    # the endpoints of parts 1-4 hold 2 CPUs' worth of replicas on this machine: free them,
+    # or the wide model's replicas wait for CPUs until the deploy times out
+    with watchdog(180, "part 5 clean-up"):
+        for name in list(deployed):
+            with contextlib.suppress(Exception):
+                if name == "bench-floor":
+                    from ray import serve
+
+                    serve.delete(name)
+                else:
+                    undeploy(name)
+                deployed.remove(name)
+    eps = {}
+    with watchdog(400, "part 5 deploys"), phase("part 5 deploys"):
+        for name, mb in (("wide-b32", 32), ("wide-b1", 1)):
+            eps[name] = deploy(rec.ref, DeploySpec(name=name, max_batch=mb, batch_wait_ms=5.0,
+                                                   cpus=0.5), timeout=300)
+            deployed.append(name)
+    npy = {"Content-Type": NPY, "Accept": NPY}
+    contenders = {f"max_batch {mb}": (eps[name].predict_url,
+                                      npy | {"Authorization": f"Bearer {eps[name].token}"})
+                  for name, mb in (("wide-b32", 32), ("wide-b1", 1))}
+    n = max(64, per_round // 2)
+    for url, headers in contenders.values():
+        load(url, body, headers, 32, 32)                                  # warm-up
+    log(f"part 5: batched vs unbatched at concurrency 32, {rounds} rounds x {n} requests")
+    with watchdog(900, "part 5"), phase("part 5"), ProcessCores() as pc:
+        res["part5"] = alternate(contenders, body, rounds, n, 32)
+    res["part5_cores"] = pc.cores
+    for name in ("wide-b32", "wide-b1"):
+        with contextlib.suppress(Exception):
+            undeploy(name)
+            deployed.remove(name)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,7 +318,7 @@ def report(res: dict[str, Any]) -> str:
     runs = res["ingress"]
     for mode, sub in runs.items():
         lines += [f"# Ingress: {INGRESS[mode]}", "", report_one(sub), ""]
-    if len(runs) > 1:
+    if len(runs) > 1 and all("part1" in r and "part3" in r for r in runs.values()):
         rows = [[INGRESS[m], f"{r['part1']['lepton']['p50_ms']:.2f}",
                  f"{r['part1']['serve floor']['p50_ms']:.2f}",
                  f"{r['part1']['fastapi']['p50_ms']:.2f}",
@@ -284,54 +340,93 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cores(cores: dict[str, float] | None) -> str:
+    if not cores:
+        return ""
+    return "  cores used, by process: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
+
+
+def _batching(title: str, part: dict[str, Any], ratio: float, fw: dict[str, float],
+              cores: dict[str, float] | None) -> list[str]:
+    """A batching part: its table, the ratio against the goal, the model's own times."""
+    head = ["contender", "ok", "p50 ms", "p99 ms", "mean ms", "req/s", "errors"]
+    return [title, "",
+            table([_row("max_batch 32, batch_wait 5 ms", part["max_batch 32"]),
+                   _row("max_batch 1 (no batching)", part["max_batch 1"])], head), "",
+            f"batched / unbatched throughput: {ratio:.2f}x -> goal >= {GOAL_BATCH_X}x: "
+            f"{verdict(ratio >= GOAL_BATCH_X)}",
+            f"  model forward in-process: 1 row {fw['1_rows_ms']:.2f} ms, 32 rows "
+            f"{fw['32_rows_ms']:.2f} ms ({fw['32_rows_ms'] / 32:.3f} ms/row)", _cores(cores)]
+
+
 def report_one(res: dict[str, Any]) -> str:
     head = ["contender", "ok", "p50 ms", "p99 ms", "mean ms", "req/s", "errors"]
-    p1, p2, p3 = res["part1"], res["part2"], res["part3"]
-    overhead = p1["lepton"]["p50_ms"] - p1["fastapi"]["p50_ms"]
-    ratio = p3["max_batch 32"]["rps"] / p3["max_batch 1"]["rps"]
-    res["goals"] = {
-        "p50_overhead_ms": {"value": overhead, "goal": f"<= {GOAL_OVERHEAD_MS}",
-                            "met": overhead <= GOAL_OVERHEAD_MS},
-        "batched_vs_unbatched_rps": {"value": ratio, "goal": f">= {GOAL_BATCH_X}",
-                                     "met": ratio >= GOAL_BATCH_X},
-    }
+    res["goals"] = {}
     md = res["model"]
     fw = md["forward"]
-    floor_gap = p1["serve floor"]["p50_ms"] - p1["fastapi"]["p50_ms"]
     lines = [f"model {md['ref']}: MLP {' -> '.join(map(str, md['layers']))}, "
              f"{md['params']:,} parameters ({md['bytes'] / 2**20:.1f} MiB), 1 torch thread; "
-             f"request: one row as .npy ({res['request_bytes']} bytes), answer .npy", "",
-             "## 1. One request at a time (Lepton: 1 replica, max_batch 32, bearer token; "
-             "FastAPI + uvicorn: 1 worker, no auth)", "",
-             table([_row("Lepton endpoint (Ray Serve)", p1["lepton"]),
-                    _row("Serve floor: read body, constant answer", p1["serve floor"]),
-                    _row("plain FastAPI + uvicorn", p1["fastapi"])], head), "",
-             f"p50 overhead: {overhead:+.2f} ms -> goal <= {GOAL_OVERHEAD_MS} ms: "
-             f"{verdict(overhead <= GOAL_OVERHEAD_MS)}",
-             f"  of which Ray Serve's floor (proxy hop + body fetch) vs FastAPI: "
-             f"{p1['serve floor']['p50_ms'] - p1['fastapi']['p50_ms']:+.2f} ms; Lepton's "
-             f"handler + model over the floor: {overhead - floor_gap:+.2f} ms (model forward "
-             f"alone: {fw['1_rows_ms']:.2f} ms)", "",
-             "## 2. Concurrency 16", "",
-             table([_row("Lepton endpoint (Ray Serve)", p2["lepton"]),
-                    _row("Serve floor: read body, constant answer", p2["serve floor"]),
-                    _row("plain FastAPI + uvicorn", p2["fastapi"])], head), "",
-             "## 3. Batching at concurrency 32 (Lepton endpoints, 1 replica each)", "",
-             table([_row("max_batch 32, batch_wait 5 ms", p3["max_batch 32"]),
-                    _row("max_batch 1 (no batching)", p3["max_batch 1"])], head), "",
-             f"batched / unbatched throughput: {ratio:.2f}x -> goal >= {GOAL_BATCH_X}x: "
-             f"{verdict(ratio >= GOAL_BATCH_X)}",
-             f"  model forward in-process: 1 row {fw['1_rows_ms']:.2f} ms, 32 rows "
-             f"{fw['32_rows_ms']:.2f} ms ({fw['32_rows_ms'] / 32:.3f} ms/row)",
-             f"  ceiling: the Serve floor app (no model) does {p2['serve floor']['rps']:.0f} "
-             f"req/s at concurrency 16, so no endpoint here can beat "
-             f"{p2['serve floor']['rps'] / p3['max_batch 1']['rps']:.2f}x the unbatched one; "
-             f"batched reaches {p3['max_batch 32']['rps'] / p2['serve floor']['rps']:.0%} "
-             "of that ceiling", "",
-             f"cluster start {res['cluster_start_s']:.1f} s; deploys: " + ", ".join(
-                 f"{k} {v:.1f} s" for k, v in res["deploy_s"].items()),
-             "after stopping the cluster: "
-             f"{len(res['leftover_processes'].get('live', []))} live process(es) left"]
+             f"request: one row as .npy ({res['request_bytes']} bytes), answer .npy", ""]
+    p1, p2, p3 = res.get("part1"), res.get("part2"), res.get("part3")
+    if p1:
+        overhead = p1["lepton"]["p50_ms"] - p1["fastapi"]["p50_ms"]
+        res["goals"]["p50_overhead_ms"] = {"value": overhead, "goal": f"<= {GOAL_OVERHEAD_MS}",
+                                           "met": overhead <= GOAL_OVERHEAD_MS}
+        floor_gap = p1["serve floor"]["p50_ms"] - p1["fastapi"]["p50_ms"]
+        lines += ["## 1. One request at a time (Lepton: 1 replica, max_batch 32, bearer token; "
+                  "FastAPI + uvicorn: 1 worker, no auth)", "",
+                  table([_row("Lepton endpoint (Ray Serve)", p1["lepton"]),
+                         _row("Serve floor: read body, constant answer", p1["serve floor"]),
+                         _row("plain FastAPI + uvicorn", p1["fastapi"])], head), "",
+                  f"p50 overhead: {overhead:+.2f} ms -> goal <= {GOAL_OVERHEAD_MS} ms: "
+                  f"{verdict(overhead <= GOAL_OVERHEAD_MS)}",
+                  f"  of which Ray Serve's floor (proxy hop + body fetch) vs FastAPI: "
+                  f"{floor_gap:+.2f} ms; Lepton's handler + model over the floor: "
+                  f"{overhead - floor_gap:+.2f} ms (model forward alone: "
+                  f"{fw['1_rows_ms']:.2f} ms)", ""]
+    if p2:
+        lines += ["## 2. Concurrency 16", "",
+                  table([_row("Lepton endpoint (Ray Serve)", p2["lepton"]),
+                         _row("Serve floor: read body, constant answer", p2["serve floor"]),
+                         _row("plain FastAPI + uvicorn", p2["fastapi"])], head), ""]
+    if p3:
+        ratio = p3["max_batch 32"]["rps"] / p3["max_batch 1"]["rps"]
+        res["goals"]["batched_vs_unbatched_rps"] = {"value": ratio, "goal": f">= {GOAL_BATCH_X}",
+                                                    "met": ratio >= GOAL_BATCH_X}
+        lines += _batching("## 3. Batching at concurrency 32 (Lepton endpoints, 1 replica "
+                           "each)", p3, ratio, fw, res.get("part3_cores"))
+        if p2:
+            lines.append(f"  ceiling: the Serve floor app (no model) does "
+                         f"{p2['serve floor']['rps']:.0f} req/s at concurrency 16, so no "
+                         f"endpoint here can beat {p2['serve floor']['rps'] / p3['max_batch 1']['rps']:.2f}x "
+                         f"the unbatched one; batched reaches "
+                         f"{p3['max_batch 32']['rps'] / p2['serve floor']['rps']:.0%} of that ceiling")
+        lines.append("")
+    p4 = res.get("part4")
+    if p4:
+        ok = p4["npy_over_json_p50"] <= 1.0
+        res["goals"]["npy_not_slower_than_json_b64"] = {"value": p4["npy_over_json_p50"],
+                                                        "goal": "<= 1", "met": ok}
+        lines += ["## 4. 64 rows in one request: .npy vs JSON (same endpoint, one at a time)", "",
+                  table([[k, str(v["bytes"]), str(v["n"]), f"{v['p50_ms']:.2f}",
+                          f"{v['p99_ms']:.2f}"] for k, v in p4.items() if isinstance(v, dict)],
+                        ["body", "bytes", "n", "p50 ms", "p99 ms"]), "",
+                  f".npy / JSON p50: {p4['npy_over_json_p50']:.2f} -> goal <= 1: {verdict(ok)}",
+                  ""]
+    p5 = res.get("part5")
+    if p5:
+        wm = res["part5_model"]
+        ratio5 = p5["max_batch 32"]["rps"] / p5["max_batch 1"]["rps"]
+        res["goals"]["batched_vs_unbatched_rps_wide_model"] = {
+            "value": ratio5, "goal": f">= {GOAL_BATCH_X}", "met": ratio5 >= GOAL_BATCH_X}
+        lines += _batching(f"## 5. Batching where the forward pass dominates: MLP "
+                           f"{' -> '.join(map(str, wm['layers']))} ({wm['params']:,} "
+                           f"parameters, {wm['bytes'] / 2**20:.0f} MiB), concurrency 32",
+                           p5, ratio5, wm["forward"], res.get("part5_cores")) + [""]
+    lines += [f"cluster start {res['cluster_start_s']:.1f} s; deploys: " + ", ".join(
+                  f"{k} {v:.1f} s" for k, v in res["deploy_s"].items()),
+              "after stopping the cluster: "
+              f"{len(res['leftover_processes'].get('live', []))} live process(es) left"]
     return "\n".join(lines)
 
 
@@ -344,8 +439,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated Serve ingresses to measure, each on its own cluster: "
                         "proxy (Ray Serve's Python proxy), haproxy (its HAProxy ingress, "
                         "Lepton's default)")
+    p.add_argument("--parts", default="1,2,3,4,5",
+                   help="comma-separated parts to run (default: all); see the module doc")
+    p.add_argument("--heavy-hidden", type=int, default=8192, metavar="H",
+                   help="hidden width of part 5's wide MLP (default 8192)")
     p.add_argument("--baseline", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    if not set(args.parts) <= {"1", "2", "3", "4", "5"}:
+        p.error("--parts takes numbers from 1 to 5, e.g. --parts 4,5")
     if args.baseline:
         baseline_server(int(args.baseline[0]), args.baseline[1])
         return 0
@@ -377,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"\nwhole run: {res['wall_s']:.0f} s")
     for sub in res["ingress"].values():
-        for part in ("part1", "part2", "part3"):
-            for s in sub[part].values():
+        for part in ("part1", "part2", "part3", "part5"):
+            for s in sub.get(part, {}).values():
                 s.pop("latencies", None)
     dest = args.json or str(Path(__file__).resolve().parent / "results" /
                             f"serve-{res['machine']['date']}{'-quick' if args.quick else ''}.json")
