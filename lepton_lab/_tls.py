@@ -175,13 +175,25 @@ def issue(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
     return crt, key_path
 
 
+@contextlib.contextmanager
+def _locked():
+    """One process at a time makes files here (two kernels starting at once must not make
+    two CAs and sign with the other's key)."""
+    import fcntl
+
+    with open(tls_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_local() -> dict[str, str]:
     """This machine's TLS files (made on first use), as the environment Ray reads."""
     d = tls_dir()
-    ca_crt, _ = ensure_ca()
     crt, key = d / "node.crt", d / "node.key"
-    if not (crt.exists() and key.exists()) or _expires_soon(crt):
-        issue(d, _local_names())
+    with _locked():
+        ca_crt, _ = ensure_ca()
+        if not (crt.exists() and key.exists()) or _expires_soon(crt):
+            issue(d, _local_names())
     return {"RAY_USE_TLS": "1", "RAY_TLS_CA_CERT": str(ca_crt),
             "RAY_TLS_SERVER_CERT": str(crt), "RAY_TLS_SERVER_KEY": str(key)}
 
@@ -202,10 +214,11 @@ def for_node(host: str) -> dict[str, str]:
     ``ca.crt``, ``node.crt`` and ``node.key``; returned as the paths of this copy."""
     host = _check_host(host)
     d = tls_dir() / "nodes" / host
-    crt, key = issue(d, [host])
-    ca_crt, _ = ensure_ca()
-    ca_copy = d / "ca.crt"
-    ca_copy.write_bytes(ca_crt.read_bytes())
+    with _locked():
+        crt, key = issue(d, [host])
+        ca_crt, _ = ensure_ca()
+        ca_copy = d / "ca.crt"
+        ca_copy.write_bytes(ca_crt.read_bytes())
     return {"dir": str(d), "RAY_TLS_CA_CERT": str(ca_copy),
             "RAY_TLS_SERVER_CERT": str(crt), "RAY_TLS_SERVER_KEY": str(key)}
 

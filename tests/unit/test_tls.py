@@ -169,3 +169,16 @@ def test_join_command_needs_a_tls_cluster(lepton_home):
     assert last.startswith("RAY_USE_TLS=1 ") and last.endswith(
         "ray start --address 10.0.0.5:6379 --node-ip-address 10.0.0.7")
     assert str(lepton_home / "tls" / "nodes" / "10.0.0.7" / "node.key") in last
+
+
+def test_processes_making_the_files_at_once_agree_on_one_ca(lepton_home):
+    """Kernels that start together must not make two CAs (each would sign with its own key)."""
+    from cryptography import x509
+
+    code = "from lepton_lab import _tls; _tls.ensure_local()"
+    env = dict(os.environ, LEPTON_HOME=str(lepton_home))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(4)]
+    assert all(p.wait(60) == 0 for p in procs)
+    d = lepton_home / "tls"
+    ca = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+    x509.load_pem_x509_certificate((d / "node.crt").read_bytes()).verify_directly_issued_by(ca)
