@@ -228,6 +228,8 @@ def consume(streams: dict[Any, Any], on_event: Callable[[Any, tuple], None], *,
             try:
                 batch = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - worker death, cancellation
+                # a dead head takes its workers with it: say that, not "the worker died"
+                check_head(0.0)
                 pending.pop(gen)
                 results[rank] = {"status": "died", "exception": exc}
                 if fail_fast and pending:
