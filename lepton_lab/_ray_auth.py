@@ -70,7 +70,7 @@ def _user_env() -> dict[str, str | None]:
 def _use_embedded_auth(tls: bool = False) -> None:
     global _user_auth
     if _user_auth is None:
-        _user_auth = {k: os.environ.get(k) for k in _AUTH_VARS}
+        _user_auth = _user_env()
     _apply_auth_env(_embedded_auth_env(tls))
 
 

@@ -257,8 +257,7 @@ def speaks_tls(host: str, port: int, timeout: float = 3.0) -> bool | None:
     except OSError:
         return None
     try:
-        with ctx.wrap_socket(raw, server_hostname=None) as tls:
-            tls.settimeout(timeout)
+        with ctx.wrap_socket(raw, server_hostname=None):   # the handshake, in ``timeout``
             return True               # a server certificate came back: TLS
     except ssl.SSLError as exc:
         # an alert (e.g. "certificate required") is still the server speaking TLS

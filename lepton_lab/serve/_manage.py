@@ -310,13 +310,14 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
     with _quiet_serve():
         host, port = ensure_serve()
     url = f"{_base_url(host, port, conn)}/{spec.name}"
-    token, token_hash, hint = _token_for(spec, rotate_token, _keep_token)
+    try:
+        existing = store.get_endpoint(spec.name)
+    except EndpointNotFound:
+        existing = None
+    previous = (existing.config or {}).get("model_sha256") if existing else None
+    token, token_hash, hint = _token_for(spec, existing, rotate_token, _keep_token)
     config = spec.to_dict() | {"model_sha256": rec.sha256, "format": rec.format,
                                "max_ongoing": spec.max_ongoing}
-    try:
-        previous = (store.get_endpoint(spec.name).config or {}).get("model_sha256")
-    except EndpointNotFound:
-        previous = None
     store.put_endpoint(spec.name, model=rec.ref, status="deploying", url=url,
                        token_hash=token_hash, token_hint=hint, config=config)
     store.audit("deploy", cluster=conn.address,
@@ -360,17 +361,14 @@ def deploy(model_ref: str, spec: DeploySpec, timeout: float = 120.0, *,
                       time.monotonic() - t0, config)
 
 
-def _token_for(spec: DeploySpec, rotate: bool, keep: bool = False
+def _token_for(spec: DeploySpec, old: Any, rotate: bool, keep: bool = False
                ) -> tuple[str | None, str | None, str | None]:
-    """(plaintext or None, hash, hint): a new token, or the live endpoint's one kept (with
-    ``keep``, that of an endpoint that is not live any more: a redeploy)."""
+    """(plaintext or None, hash, hint): a new token, or the token of ``old`` (the endpoint's
+    record, or None) kept while it is live (with ``keep``, also when it is not live any more:
+    a redeploy)."""
     if not spec.auth:
         return None, None, None
     if not rotate:
-        try:
-            old = get_store().get_endpoint(spec.name)
-        except EndpointNotFound:
-            old = None
         kept = ("running", "deploying", "failed") if keep else ("running", "deploying")
         if old is not None and old.status in kept and old.token_hash:
             return None, old.token_hash, old.token_hint
