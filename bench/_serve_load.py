@@ -224,7 +224,7 @@ def deploy_floor(name: str, answer: bytes) -> str:
     from ray import serve
     from starlette.responses import Response
 
-    @serve.deployment(name=name, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
+    @serve.deployment(name=name, ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64,
                       logging_config={"enable_access_log": False})
     class Floor:
         async def __call__(self, request):
@@ -232,4 +232,36 @@ def deploy_floor(name: str, answer: bytes) -> str:
             return Response(answer, media_type=NPY)
 
     serve.run(Floor.bind(), name=name, route_prefix=f"/{name}")
+    return name
+
+
+def deploy_model_floor(name: str, model_bytes: bytes) -> str:
+    """A bare Ray Serve app that runs the same model the way the FastAPI baseline does (read
+    the body, ``np.load``, forward pass, ``np.save``; no auth, no batching, no metrics).
+    Lepton's endpoint minus this app is what Lepton itself adds to a request."""
+    from ray import serve
+    from starlette.responses import Response
+
+    @serve.deployment(name=name, ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64,
+                      logging_config={"enable_access_log": False})
+    class ModelFloor:
+        def __init__(self, data: bytes):
+            import torch
+
+            torch.set_num_threads(1)
+            self.torch = torch
+            self.model = torch.load(io.BytesIO(data), weights_only=False,
+                                    map_location="cpu").eval()
+
+        async def __call__(self, request):
+            import numpy as np
+
+            x = np.load(io.BytesIO(await request.body()), allow_pickle=False)
+            with self.torch.inference_mode():
+                y = self.model(self.torch.from_numpy(x.astype(np.float32))).numpy()
+            buf = io.BytesIO()
+            np.save(buf, y)
+            return Response(buf.getvalue(), media_type=NPY)
+
+    serve.run(ModelFloor.bind(model_bytes), name=name, route_prefix=f"/{name}")
     return name

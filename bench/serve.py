@@ -71,6 +71,7 @@ from _serve_load import (  # noqa: E402
     alternate,
     baseline_server,
     deploy_floor,
+    deploy_model_floor,
     free_port,
     load,
     start_baseline,
@@ -81,6 +82,7 @@ INGRESS = {"proxy": "Ray Serve's Python proxy",
            "haproxy": "Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1)"}
 HIDDEN = 2048
 GOAL_OVERHEAD_MS = 2.0
+GOAL_OWN_MS = 0.5    # Lepton over a bare Serve app running the same model
 GOAL_BATCH_X = 3.0
 SCRATCH = Path("/root/scr")
 
@@ -164,6 +166,7 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
             out = io.BytesIO()
             np.save(out, np.zeros((1, 10), np.float32))
             deployed.append(deploy_floor("bench-floor", out.getvalue()))
+            deployed.append(deploy_model_floor("bench-model-floor", data))
         res["deploy_s"] = {n: i.deploy_s for n, i in infos.items()}
         npy = {"Content-Type": NPY, "Accept": NPY}
 
@@ -172,8 +175,9 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
             return i.predict_url, npy | {"Authorization": f"Bearer {i.token}"}
 
         base = (f"http://127.0.0.1:{base_port}/predict", npy)
-        floor = (infos["bench-lepton"].url.rsplit("/", 1)[0] + "/bench-floor", npy)
-        trio = {"lepton": lep("bench-lepton"), "serve floor": floor, "fastapi": base}
+        root = infos["bench-lepton"].url.rsplit("/", 1)[0]
+        trio = {"lepton": lep("bench-lepton"), "serve + model": (root + "/bench-model-floor", npy),
+                "serve floor": (root + "/bench-floor", npy), "fastapi": base}
         for url, headers in trio.values():                       # warm-up, all checked
             for _ in range(20):
                 r = load(url, body, headers, 1, 1)
@@ -209,7 +213,7 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
         with watchdog(180, "the clean-up"):
             for name in deployed:
                 with contextlib.suppress(Exception):
-                    if name == "bench-floor":
+                    if name.startswith("bench-") and "floor" in name:
                         from ray import serve
 
                         serve.delete(name)
@@ -246,7 +250,7 @@ def part5(args: argparse.Namespace, res: dict[str, Any], deployed: list[str], re
     with watchdog(180, "part 5 clean-up"):
         for name in list(deployed):
             with contextlib.suppress(Exception):
-                if name == "bench-floor":
+                if name.startswith("bench-") and "floor" in name:
                     from ray import serve
 
                     serve.delete(name)
@@ -359,6 +363,23 @@ def _batching(title: str, part: dict[str, Any], ratio: float, fw: dict[str, floa
             f"{fw['32_rows_ms']:.2f} ms ({fw['32_rows_ms'] / 32:.3f} ms/row)", _cores(cores)]
 
 
+def _model_floor_row(part: dict[str, Any]) -> list[list[str]]:
+    if "serve + model" not in part:      # results of runs before the control existed
+        return []
+    return [_row("bare Serve app running the same model", part["serve + model"])]
+
+
+def _own_addition(res: dict[str, Any], p1: dict[str, Any]) -> list[str]:
+    """Lepton's own addition: its endpoint minus a bare Serve app doing the same work."""
+    if "serve + model" not in p1:
+        return []
+    own = p1["lepton"]["p50_ms"] - p1["serve + model"]["p50_ms"]
+    res["goals"]["own_addition_over_serve_ms"] = {"value": own, "goal": f"<= {GOAL_OWN_MS}",
+                                                  "met": own <= GOAL_OWN_MS}
+    return [f"Lepton's own addition (endpoint - bare Serve app running the same model), p50: "
+            f"{own:+.2f} ms -> goal <= {GOAL_OWN_MS} ms: {verdict(own <= GOAL_OWN_MS)}"]
+
+
 def report_one(res: dict[str, Any]) -> str:
     head = ["contender", "ok", "p50 ms", "p99 ms", "mean ms", "req/s", "errors"]
     res["goals"] = {}
@@ -376,6 +397,7 @@ def report_one(res: dict[str, Any]) -> str:
         lines += ["## 1. One request at a time (Lepton: 1 replica, max_batch 32, bearer token; "
                   "FastAPI + uvicorn: 1 worker, no auth)", "",
                   table([_row("Lepton endpoint (Ray Serve)", p1["lepton"]),
+                         *_model_floor_row(p1),
                          _row("Serve floor: read body, constant answer", p1["serve floor"]),
                          _row("plain FastAPI + uvicorn", p1["fastapi"])], head), "",
                   f"p50 overhead: {overhead:+.2f} ms -> goal <= {GOAL_OVERHEAD_MS} ms: "
@@ -383,10 +405,11 @@ def report_one(res: dict[str, Any]) -> str:
                   f"  of which Ray Serve's floor (proxy hop + body fetch) vs FastAPI: "
                   f"{floor_gap:+.2f} ms; Lepton's handler + model over the floor: "
                   f"{overhead - floor_gap:+.2f} ms (model forward alone: "
-                  f"{fw['1_rows_ms']:.2f} ms)", ""]
+                  f"{fw['1_rows_ms']:.2f} ms)", *_own_addition(res, p1), ""]
     if p2:
         lines += ["## 2. Concurrency 16", "",
                   table([_row("Lepton endpoint (Ray Serve)", p2["lepton"]),
+                         *_model_floor_row(p2),
                          _row("Serve floor: read body, constant answer", p2["serve floor"]),
                          _row("plain FastAPI + uvicorn", p2["fastapi"])], head), ""]
     if p3:

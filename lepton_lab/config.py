@@ -95,9 +95,9 @@ class LeptonConfig(Configurable):
     serve_ingress = Unicode(
         help="How HTTP reaches endpoints on the embedded cluster: 'haproxy' (Ray Serve's "
         "HAProxy ingress, RAY_SERVE_ENABLE_HA_PROXY=1; about 3x lower latency here, see "
-        "docs/benchmarks.md, but it sends a replica one request at a time, so requests are "
-        "not batched) or 'proxy' (Ray Serve's Python proxy; batching works). On an existing cluster its "
-        "own environment decides. Env: LEPTON_SERVE_INGRESS. Default: haproxy",
+        "docs/benchmarks.md) or 'proxy' (Ray Serve's Python proxy). Requests are batched "
+        "behind either. On an existing cluster its own environment decides. "
+        "Env: LEPTON_SERVE_INGRESS. Default: haproxy",
     ).tag(config=True)
 
     max_request_mb = Float(

@@ -87,7 +87,8 @@ def parser(command: str) -> UsageParser:
         p.add_argument("--max-batch", type=int, default=32, metavar="B",
                        help="largest dynamic batch; 1 turns batching off")
         p.add_argument("--batch-wait-ms", type=real, default=5.0, metavar="T",
-                       help="how long a batch waits to fill up")
+                       help="how long a batch that is not full waits for requests already "
+                            "being read (a lone request never waits)")
         p.add_argument("--autoscale", metavar="MIN:MAX", help="replicas scale between MIN "
                                                               "and MAX with load")
         p.add_argument("--timeout", type=real, default=180.0, metavar="SECONDS")

@@ -9,8 +9,9 @@ Routes, relative to the endpoint's prefix ``/<name>``:
 - ``GET /openapi.json`` -- an OpenAPI 3.1 description, no token.
 
 The replica is a plain Serve deployment class (no FastAPI ingress: one less layer on every
-request). Requests' arrays are batched with ``@serve.batch``, concatenated along axis 0, run
-through the model in one forward pass and split back. Module level imports only numpy, so the
+request). Requests' arrays are batched by :mod:`._batcher` (a lone request goes through at once;
+requests that arrive during a forward pass share the next one), concatenated along axis 0, run
+through the model in one forward pass on a worker thread and split back. Module level imports only numpy, so the
 helpers are testable without Ray, torch or onnxruntime.
 """
 
@@ -25,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from ._auth import check_auth
+from ._batcher import Batcher
+from ._openapi import JSON, NPY, openapi
 
 log = logging.getLogger("lepton_lab.serve")
 
-JSON = "application/json"
-NPY = "application/x-npy"
 NPY_MAGIC = b"\x93NUMPY"
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 LATENCY_BUCKETS_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 _ALLOWED = {"/predict": "POST", "/healthz": "GET", "/openapi.json": "GET", "": "GET"}
 
@@ -254,49 +256,6 @@ def model_error(exc: BaseException) -> HttpError:
     return HttpError(400, f"the model refused the input: {type(exc).__name__}: {msg}")
 
 
-def openapi(name: str, model_ref: str, shape: tuple[int, ...] | None, auth: bool,
-            max_bytes: int) -> dict[str, Any]:
-    """A hand-written OpenAPI 3.1 description of an endpoint (served as is)."""
-    row: dict[str, Any] = {"type": "number"}
-    for d in reversed(shape or ()):
-        row = {"type": "array", "items": row, "minItems": d, "maxItems": d}
-    if shape is None:
-        row = {"description": "one input row (any nesting of numbers the model accepts)"}
-    err = {"description": "error", "content": {JSON: {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}}}}}}
-    predict: dict[str, Any] = {
-        "summary": f"Run {model_ref} on a batch of rows",
-        "requestBody": {"required": True, "content": {
-            JSON: {"schema": {"type": "object", "required": ["inputs"],
-                              "properties": {"inputs": {"type": "array", "items": row,
-                                                        "minItems": 1}}}},
-            NPY: {"schema": {"type": "string", "format": "binary",
-                             "description": "numpy.save bytes; first axis is the batch"}}}},
-        "responses": {
-            "200": {"description": "the model's outputs, one per input row", "content": {
-                JSON: {"schema": {"type": "object", "properties": {"outputs": {
-                    "type": "array"}}}},
-                NPY: {"schema": {"type": "string", "format": "binary"}}}},
-            "400": err, "405": err, "413": dict(err, description=f"body over {max_bytes} bytes"),
-            "415": err, "503": err},
-    }
-    if auth:
-        predict["security"] = [{"bearer": []}]
-        predict["responses"]["401"] = err
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": f"Lepton endpoint {name}", "version": model_ref},
-        "servers": [{"url": f"/{name}"}],
-        "paths": {
-            "/predict": {"post": predict},
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {
-                "description": "the replica is up", "content": {JSON: {"schema": {
-                    "type": "object", "properties": {"status": {"type": "string"}}}}}}}}},
-        },
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    }
-
-
 # -- the deployment ----------------------------------------------------------------------------
 class EndpointReplica:
     """One replica of an endpoint (wrapped with ``serve.deployment`` when deployed).
@@ -325,14 +284,12 @@ class EndpointReplica:
             self._load_torch(artifact, float(config.get("gpus") or 0), config.get("cpus"))
         del artifact
         max_batch = int(config["max_batch"])
-        self._batched = None
-        self._inflight = 0   # requests inside __call__ (all on this replica's event loop)
+        self._batcher: Batcher | None = None
+        self._arriving = 0   # predict requests reading or parsing their body (this event loop)
         if max_batch > 1:
-            from ray import serve
-
-            self._batched = serve.batch(max_batch_size=max_batch,
-                                        batch_wait_timeout_s=float(config["batch_wait_s"])
-                                        )(self._forward_many)
+            self._batcher = Batcher(self._infer, max_batch, float(config["batch_wait_s"]),
+                                    arriving=lambda: self._arriving,
+                                    on_batch=self._observe_batch)
         self._openapi = json.dumps(openapi(self.name, self.model_ref, self._shape,
                                            bool(self._token_hash), self._max_bytes)).encode()
         self._health = json.dumps({"status": "ok", "endpoint": self.name}).encode()
@@ -346,8 +303,13 @@ class EndpointReplica:
                                   description="Time a Lepton endpoint replica spent on a "
                                               "request (ms), by status code",
                                   boundaries=LATENCY_BUCKETS_MS, tag_keys=tags)
+        self._batch_sizes = Histogram("lepton_endpoint_batch_size",
+                                      description="Requests per forward pass of a Lepton "
+                                                  "endpoint replica",
+                                      boundaries=BATCH_BUCKETS, tag_keys=("endpoint",))
         self._requests.set_default_tags({"endpoint": self.name})
         self._latency.set_default_tags({"endpoint": self.name})
+        self._batch_sizes.set_default_tags({"endpoint": self.name})
 
     # model loading
     def _load_torch(self, artifact: bytes, gpus: float, cpus: Any) -> None:
@@ -436,8 +398,8 @@ class EndpointReplica:
                         results[i] = model_error(one)
         return results
 
-    async def _forward_many(self, arrays: list[np.ndarray]) -> list[Any]:
-        return self._infer(arrays)
+    def _observe_batch(self, size: int) -> None:
+        self._batch_sizes.observe(size)
 
     # HTTP
     async def __call__(self, request: Any) -> Any:
@@ -445,7 +407,6 @@ class EndpointReplica:
 
         t0 = time.perf_counter()
         headers: dict[str, str] = {}
-        self._inflight += 1
         try:
             body, media = await self._handle(request)
             status = 200
@@ -454,8 +415,6 @@ class EndpointReplica:
         except Exception as exc:  # a bug of ours: say what, not where
             log.exception("endpoint %s: request failed", self.name)
             status, body, media = 500, error_body(f"internal error: {type(exc).__name__}"), JSON
-        finally:
-            self._inflight -= 1
         code = {"code": str(status)}
         self._requests.inc(1, tags=code)
         self._latency.observe((time.perf_counter() - t0) * 1e3, tags=code)
@@ -475,12 +434,16 @@ class EndpointReplica:
         hdrs = request.headers
         authorize(hdrs.get("authorization"), self._token_hash)
         check_content_length(hdrs.get("content-length"), self._max_bytes)
-        body = await self._read_body(request)
-        arr = parse_inputs(body, hdrs.get("content-type"), self._dtype)
-        check_shape(arr, self._shape)
-        if self._batched is not None and self._inflight > 1:
-            out = await self._batched(arr)    # others are here to batch with
-        else:                                 # alone: no point waiting batch_wait_ms
+        self._arriving += 1
+        try:
+            body = await self._read_body(request)
+            arr = parse_inputs(body, hdrs.get("content-type"), self._dtype)
+            check_shape(arr, self._shape)
+        finally:
+            self._arriving -= 1
+        if self._batcher is not None:
+            out = await self._batcher.submit(arr)
+        else:                                  # max_batch 1: no batching, no hand-off
             out = self._infer([arr])[0]
         if isinstance(out, Exception):
             raise out

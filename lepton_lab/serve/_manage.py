@@ -44,8 +44,10 @@ class DeploySpec:
     """How to serve a model. Invalid values raise a one-line :class:`LeptonUsageError`.
 
     ``replicas`` is a fixed replica count; ``autoscale=(min, max)`` lets Serve scale between
-    those instead (``replicas`` must then stay 1). ``max_batch`` requests (or fewer, after
-    ``batch_wait_ms``) go through the model in one forward pass; 1 turns batching off.
+    those instead (``replicas`` must then stay 1). Up to ``max_batch`` requests go through the
+    model in one forward pass: a lone request runs at once, requests that arrive together or
+    during a forward pass share the next one, and a batch that is not full waits up to
+    ``batch_wait_ms`` only for requests already inside the replica; 1 turns batching off.
     ``cpus``/``gpus`` are per replica. ``auth=False`` serves without a bearer token.
     """
 
