@@ -14,7 +14,10 @@ From Python, the same core::
     lepton_lab.run_cell("y = x * 2", namespace, lepton_lab.CellSpec(cpus=1), lepton_lab.TextSink())
 """
 
+from ._lazyimport import defer_slow_imports
 from ._version import __version__
+
+defer_slow_imports()    # before anything here imports Ray: saves it seconds (see _lazyimport)
 
 __all__ = [
     "CellSpec", "LeptonError", "TextSink", "__version__", "connect", "display", "progress",

@@ -149,6 +149,11 @@ def _start_embedded(timeout: float | None = None, tls: bool | None = None) -> di
         env = _with_env(dict(os.environ, RAY_USAGE_STATS_ENABLED="0",
                              RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
                         {**_embedded_auth_env(tls), "RAY_ADDRESS": None})
+        # every Python process of the cluster (workers, agents) defers the import that costs
+        # `import ray` 1.5 s here (lepton_lab/_lazyimport.py), through a sitecustomize
+        site = str(Path(__file__).resolve().parent / "_site")
+        env["PYTHONPATH"] = os.pathsep.join([site] + [p for p in env.get(
+            "PYTHONPATH", "").split(os.pathsep) if p and p != site])
         # the endpoints' ingress: read by Serve's controller, proxies and replicas at start
         # (a RAY_SERVE_ENABLE_HA_PROXY the user set wins)
         env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if cfg.serve_ingress == "haproxy"

@@ -70,6 +70,7 @@ class Connection:
     tls: bool = False   # Ray's TLS mode (encrypted, mutually authenticated gRPC)
     versions_checked: bool = False
     node_versions: dict[str, dict[str, str]] = field(default_factory=dict)
+    answered_at: float = 0.0   # time.monotonic() of the head's last answer to a probe
 
     @property
     def is_client(self) -> bool:
@@ -78,6 +79,8 @@ class Connection:
 
 _CONN: Connection | None = None
 _LOCK = threading.RLock()
+#: how long a head's answer to a probe stands for ensure_connected
+PROBE_REUSE_S = 0.05
 
 
 # -- the embedded cluster --------------------------------------------------------------------
@@ -292,6 +295,7 @@ def head_alive(conn: Connection | None = None, tries: int = 2) -> bool:
         return False
     for i in range(tries):
         if _answers(conn.address):
+            conn.answered_at = time.monotonic()
             return True
         if i + 1 < tries:
             time.sleep(0.3)
@@ -461,7 +465,9 @@ def ensure_connected(_background: bool = False) -> Connection:
         import ray
 
         if ray.is_initialized():
-            if head_alive(conn):
+            # one probe serves the calls of one cell (the magic's and the core's); a head that
+            # dies later is noticed by the cell's own wait (consume) within seconds
+            if time.monotonic() - conn.answered_at < PROBE_REUSE_S or head_alive(conn):
                 return conn
             reason = drop_dead_connection(conn)
             if conn.kind != "embedded":

@@ -457,16 +457,18 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
 
 
 _STORE: Store | None = None
+_STORE_HOME: str | None = None
 _STORE_LOCK = threading.Lock()
 
 
 def get_store() -> Store:
     """The store under the configured Lepton home, opened on first use."""
-    global _STORE
+    global _STORE, _STORE_HOME
     with _STORE_LOCK:
-        path = get_config().home_path / "state.sqlite"
-        if _STORE is None or _STORE.path != path:
-            _STORE = Store(path)
+        home = get_config().home      # compared as set: home_path makes the folder (a syscall)
+        if _STORE is None or _STORE_HOME != home:
+            _STORE = Store(get_config().home_path / "state.sqlite")
+            _STORE_HOME = home
         return _STORE
 
 

@@ -106,6 +106,20 @@ def test_infeasible_request_fails_fast(ip):
     assert time.monotonic() - t < 10
 
 
+def test_cluster_workers_defer_the_slow_import(ip):
+    """The embedded cluster's processes start with lepton_lab/_site on PYTHONPATH, so a worker
+    that imported Ray has not built the RFC 3987 parser (lepton_lab/_lazyimport.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("rfc3987_syntax") is None:
+        pytest.skip("rfc3987-syntax is not installed here")
+    res = run(ip, "", "import sys\nimport ray\nlark = 'lark' in sys.modules\n"
+                      "deferred = getattr(sys.modules.get('rfc3987_syntax'), "
+                      "'__lepton_deferred__', False)")
+    assert res.success, res.error_in_exec
+    assert (ip.user_ns["lark"], ip.user_ns["deferred"]) == (False, True)
+
+
 def test_a_long_silent_cell_is_not_said_to_wait_for_resources(ip, capsys):
     # it holds every CPU of the cluster itself: before the worker said it runs, the kernel
     # saw 0 CPUs free after 5 s and printed "waiting for resources"
