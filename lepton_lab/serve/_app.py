@@ -9,10 +9,10 @@ Routes, relative to the endpoint's prefix ``/<name>``:
 - ``GET /openapi.json`` -- an OpenAPI 3.1 description, no token.
 
 The replica is a plain Serve deployment class (no FastAPI ingress: one less layer on every
-request). Requests' arrays are batched by :mod:`._batcher` (a lone request goes through at once;
-requests that arrive during a forward pass share the next one), concatenated along axis 0, run
-through the model in one forward pass on a worker thread and split back. Module level imports only numpy, so the
-helpers are testable without Ray, torch or onnxruntime.
+request). Requests' arrays are batched by :mod:`._batcher` (a lone request goes through at
+once; requests that arrive together or during a forward pass share the next one), concatenated
+along axis 0, run through the model in one forward pass and split back. Module level imports
+only numpy, so the helpers are testable without Ray, torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -283,13 +283,6 @@ class EndpointReplica:
         else:
             self._load_torch(artifact, float(config.get("gpus") or 0), config.get("cpus"))
         del artifact
-        max_batch = int(config["max_batch"])
-        self._batcher: Batcher | None = None
-        self._arriving = 0   # predict requests reading or parsing their body (this event loop)
-        if max_batch > 1:
-            self._batcher = Batcher(self._infer, max_batch, float(config["batch_wait_s"]),
-                                    arriving=lambda: self._arriving,
-                                    on_batch=self._observe_batch)
         self._openapi = json.dumps(openapi(self.name, self.model_ref, self._shape,
                                            bool(self._token_hash), self._max_bytes)).encode()
         self._health = json.dumps({"status": "ok", "endpoint": self.name}).encode()
@@ -310,6 +303,13 @@ class EndpointReplica:
         self._requests.set_default_tags({"endpoint": self.name})
         self._latency.set_default_tags({"endpoint": self.name})
         self._batch_sizes.set_default_tags({"endpoint": self.name})
+        max_batch = int(config["max_batch"])
+        self._batcher: Batcher | None = None
+        self._arriving = 0   # predict requests reading or parsing their body (this event loop)
+        if max_batch > 1:
+            self._batcher = Batcher(self._infer, max_batch, float(config["batch_wait_s"]),
+                                    arriving=lambda: self._arriving,
+                                    on_batch=self._batch_sizes.observe)
 
     # model loading
     def _load_torch(self, artifact: bytes, gpus: float, cpus: Any) -> None:
@@ -397,9 +397,6 @@ class EndpointReplica:
                     except Exception as one:
                         results[i] = model_error(one)
         return results
-
-    def _observe_batch(self, size: int) -> None:
-        self._batch_sizes.observe(size)
 
     # HTTP
     async def __call__(self, request: Any) -> Any:

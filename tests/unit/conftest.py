@@ -89,3 +89,19 @@ def ip():
     shell.run_line_magic("load_ext", "lepton_lab")
     yield shell
     shell.run_line_magic("unload_ext", "lepton_lab")
+
+
+@pytest.fixture
+def replica():
+    """An endpoint replica holding a small real torch model (4 -> 8 -> 3), built without Ray
+    (its inference, not its HTTP side)."""
+    import torch
+
+    from lepton_lab.serve._app import EndpointReplica
+
+    torch.manual_seed(0)
+    rep = EndpointReplica.__new__(EndpointReplica)
+    rep._session, rep._device, rep._torch = None, "cpu", torch
+    rep._model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                     torch.nn.Linear(8, 3)).eval()
+    return rep

@@ -164,9 +164,8 @@ def test_a_request_whose_client_went_away_is_dropped_from_the_batch():
     b.close()
 
 
-def test_the_replica_batches_arrays_through_the_real_infer(replica_infer):
-    infer, model = replica_infer
-    b = Batcher(infer, max_batch=16, wait_s=0.0)
+def test_the_replica_batches_arrays_through_the_real_infer(replica):
+    b = Batcher(replica._infer, max_batch=16, wait_s=0.0)
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((n, 4)).astype(np.float32) for n in (1, 3, 2)]
 
@@ -178,23 +177,9 @@ def test_the_replica_batches_arrays_through_the_real_infer(replica_infer):
 
     for a, o in zip(arrays, outs):
         with torch.no_grad():
-            np.testing.assert_allclose(o, model(torch.from_numpy(a)).numpy(), rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(o, replica._model(torch.from_numpy(a)).numpy(),
+                                       rtol=1e-5, atol=1e-6)
     b.close()
-
-
-@pytest.fixture
-def replica_infer():
-    import torch
-
-    from lepton_lab.serve._app import EndpointReplica
-
-    torch.manual_seed(0)
-    rep = EndpointReplica.__new__(EndpointReplica)
-    rep._session, rep._device, rep._torch = None, "cpu", torch
-    rep._model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
-                                     torch.nn.Linear(8, 3)).eval()
-    return rep._infer, rep._model
 
 
 def test_max_batch_must_be_positive():

@@ -187,18 +187,6 @@ def test_openapi_document_describes_predict_and_auth():
 
 
 # -- batching inside the replica (real torch model, no Ray) ---------------------------------------
-@pytest.fixture
-def replica():
-    import torch
-
-    torch.manual_seed(0)
-    rep = EndpointReplica.__new__(EndpointReplica)
-    rep._session, rep._device, rep._torch = None, "cpu", torch
-    rep._model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
-                                     torch.nn.Linear(8, 3)).eval()
-    return rep
-
-
 def test_batched_inference_equals_one_by_one(replica):
     import torch
 
