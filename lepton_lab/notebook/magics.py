@@ -71,7 +71,9 @@ def cell_parser() -> _Parser:
 
 def _split(line: str) -> list[str]:
     try:
-        return shlex.split(line)
+        # stripped as IPython strips a magic's line (Unicode spaces too, e.g. U+00A0), so a
+        # line reads the same here as in the shell
+        return shlex.split(line.strip())
     except ValueError as exc:
         raise LeptonUsageError(f"cannot parse the magic line ({exc}); check the quotes") from None
 

@@ -241,3 +241,13 @@ def test_jobs_and_audit_read_the_store(ip, capsys, monkeypatch):
     assert "outcome" in lines[0] and "failed" in lines[0]
     assert "submit" in lines[1] and "f00dcafef00d" in lines[1]
     assert cluster.current() is None
+
+
+def test_unicode_spaces_around_a_line_read_as_ipython_reads_them():
+    """IPython strips a magic's line with str.strip() (U+00A0 and U+3000 too); the parser
+    agrees, so a line is never a usage error here but a cell in the shell (found by the
+    magic-line fuzz test with line='\\xa0')."""
+    assert parse_cell_line("\xa0") == CellSpec()
+    assert parse_cell_line("\xa0--cpus 2\u3000") == CellSpec(cpus=2.0)
+    with pytest.raises(LeptonUsageError):
+        parse_cell_line("--cpus\xa02")        # inside the line it is not a separator
