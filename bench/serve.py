@@ -118,7 +118,7 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
     import numpy as np
 
     from lepton_lab import cluster as lc
-    from lepton_lab.serve import DeploySpec, deploy, undeploy
+    from lepton_lab.serve import DeploySpec, deploy
     from lepton_lab.store import get_store
 
     model_path = Path(args.home) / "digits-mlp.pt"
@@ -213,17 +213,24 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
         with watchdog(180, "the clean-up"):
             for name in deployed:
                 with contextlib.suppress(Exception):
-                    if name.startswith("bench-") and "floor" in name:
-                        from ray import serve
-
-                        serve.delete(name)
-                    else:
-                        undeploy(name)
+                    remove(name)
             with contextlib.suppress(Exception):
                 from ray import serve
 
                 serve.shutdown()
             stop_baseline(proc)
+
+
+def remove(name: str) -> None:
+    """Undeploy a Lepton endpoint, or delete one of the bare Serve baselines (the floors)."""
+    from ray import serve
+
+    from lepton_lab.serve import undeploy
+
+    if name.startswith("bench-") and "floor" in name:
+        serve.delete(name)
+    else:
+        undeploy(name)
 
 
 def part5(args: argparse.Namespace, res: dict[str, Any], deployed: list[str], ref: str,
@@ -250,12 +257,7 @@ def part5(args: argparse.Namespace, res: dict[str, Any], deployed: list[str], re
     with watchdog(180, "part 5 clean-up"):
         for name in list(deployed):
             with contextlib.suppress(Exception):
-                if name.startswith("bench-") and "floor" in name:
-                    from ray import serve
-
-                    serve.delete(name)
-                else:
-                    undeploy(name)
+                remove(name)
                 deployed.remove(name)
     eps = {}
     with watchdog(400, "part 5 deploys"), phase("part 5 deploys"):

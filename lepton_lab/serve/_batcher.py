@@ -65,13 +65,16 @@ class Batcher:
             if self._idle() and len(self._queue) == 1 and self._queue[0][1] is fut:
                 self._queue.clear()    # alone: run here, on the loop
                 self._count(1)
-                outs = self._infer([x])
-                if len(outs) != 1:
-                    raise RuntimeError(f"{len(outs)} results for a batch of 1")
-                return outs[0]
+                return self._infer_all([x])[0]
         if self._idle():
             self._driver = loop.create_task(self._drive())
         return await fut
+
+    def _infer_all(self, xs: list[Any]) -> list[Any]:
+        outs = self._infer(xs)
+        if len(outs) != len(xs):
+            raise RuntimeError(f"{len(outs)} results for a batch of {len(xs)}")
+        return outs
 
     def _idle(self) -> bool:
         return self._driver is None or self._driver.done()
@@ -97,9 +100,8 @@ class Batcher:
                 continue
             self._count(len(batch))
             try:
-                outs = await loop.run_in_executor(self._pool, self._infer, [x for x, _ in batch])
-                if len(outs) != len(batch):
-                    raise RuntimeError(f"{len(outs)} results for a batch of {len(batch)}")
+                outs = await loop.run_in_executor(self._pool, self._infer_all,
+                                                  [x for x, _ in batch])
             except Exception as exc:  # noqa: BLE001 - a bug of the model code: tell every caller
                 for _, fut in batch:
                     if not fut.done():
