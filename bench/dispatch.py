@@ -7,7 +7,7 @@ One command, one run, every baseline measured beside Lepton on the same machine:
 Parts
 -----
 1. a trivial ``%%lepton`` cell (the real magic in an IPython shell) vs a raw Ray task vs
-   ipyparallel ``%%px`` on 2 engines.   Goal: p50 <= 3x raw Ray and below %%px.
+   ipyparallel ``%%px`` on 2 engines.   Goal: p50 <= 2x raw Ray and below %%px.
 2. a trivial ``%%lepton --workers 2`` cell (warm group) vs ``%%px`` on 2 engines.
 3. a fresh 64 MiB NumPy array read by a cell vs ``ray.put`` + task vs ipyparallel ``push``.
 4. the first cell on a fresh kernel, including the local Ray start (subprocess, new
@@ -87,6 +87,22 @@ def _magic(ip: Any, line: str, body: str):
     return run
 
 
+def warm_worker_ready(ip: Any) -> None:
+    """Two cells in a row start the kernel's warm cell worker in the background; wait until
+    Ray has placed it, so that the timed cells measure the warm path (the first two cells
+    after a pause run as tasks: part 1 with the worker off measures that path)."""
+    import ray
+
+    from lepton_lab.remote import _warm
+
+    for _ in range(2):
+        _magic(ip, "", TRIVIAL)(None)
+    if _warm._W is not None:
+        ray.get(_warm._W.ready_ref, timeout=60)
+    _magic(ip, "", TRIVIAL)(None)
+    assert _warm.info() and _warm.info()["ready"], "the warm cell worker did not start"
+
+
 def part1(ip: Any, rc: Any, iters: int, warmup: int) -> dict[str, list[float]]:
     import ray
 
@@ -118,6 +134,7 @@ def part1(ip: Any, rc: Any, iters: int, warmup: int) -> dict[str, list[float]]:
         "ipyparallel rc[0].execute, 1 engine": (
             None, lambda _: rc[0].execute(TRIVIAL, block=False).get(timeout=60)),
     }
+    warm_worker_ready(ip)
     samples = interleaved(contenders, iters, warmup, log)
     assert ip.user_ns["z"] == 1 and ns["z"] == 1
     return samples
@@ -165,6 +182,7 @@ def breakdown(ip: Any, iters: int) -> dict[str, list[float]]:
                (_runner, "check_feasible", "check_feasible"),
                (_runner, "ship_values", "ship_values"), (_runner, "consume", "consume (wait)"),
                (_runner, "finish_outcome", "finish_outcome"),
+               (_runner._warm, "take", "warm worker: take()"),
                (_store.Store, "create_job", "store.create_job"),
                (_store.Store, "finish_job", "store.finish_job")]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
@@ -173,6 +191,7 @@ def breakdown(ip: Any, iters: int) -> dict[str, list[float]]:
     _runner._remote_task = remote_task
     rows: dict[str, list[float]] = {}
     run = _magic(ip, "", TRIVIAL)
+    warm_worker_ready(ip)
     try:
         for i in range(iters + 2):
             acc.clear()
@@ -187,6 +206,34 @@ def breakdown(ip: Any, iters: int) -> dict[str, list[float]]:
             setattr(obj, name, orig)
         _runner._remote_task = orig_task
     return rows
+
+
+def part1_off(ip: Any, iters: int, warmup: int) -> dict[str, list[float]]:
+    """Part 1's cell with the kernel's warm cell worker off (each cell a Ray task, as before
+    2026-12-05), against the same raw task, in the same run."""
+    import ray
+
+    from lepton_lab.config import get_config
+    from lepton_lab.remote import _warm
+
+    @ray.remote
+    def noop() -> int:
+        return 1
+
+    cfg = get_config()
+    saved = cfg.warm_cell_s
+    cfg.warm_cell_s = 0.0
+    _warm.release()
+    try:
+        contenders = {
+            "%%lepton, warm cell worker off": (None, _magic(ip, "", TRIVIAL)),
+            "raw Ray task: ray.get(f.remote())": (None, lambda _: ray.get(noop.remote(),
+                                                                          timeout=60)),
+        }
+        return interleaved(contenders, iters, warmup, log)
+    finally:
+        cfg.warm_cell_s = saved
+        _warm._QUIET_UNTIL = 0.0
 
 
 def part3(ip: Any, rc: Any, iters: int, warmup: int) -> dict[str, list[float]]:
@@ -301,6 +348,9 @@ def warm(args: argparse.Namespace) -> dict[str, Any]:
         log(f"part 1: trivial cells, {it} rounds")
         with watchdog(600, "part 1"), phase("part 1"):
             out["part1"] = part1(ip, rc, it, wu)
+        log(f"part 1, warm cell worker off: {it} rounds")
+        with watchdog(600, "part 1 off"), phase("part 1 off"):
+            out["part1_off"] = part1_off(ip, it, wu)
         log(f"breakdown: instrumented trivial %%lepton cells, {it} runs")
         with watchdog(300, "the breakdown"), phase("breakdown"):
             out["breakdown"] = breakdown(ip, it)

@@ -287,6 +287,16 @@ def on_connection_lost(callback: Any) -> None:
         _ON_LOST.append(callback)
 
 
+#: called (without arguments) by :func:`ensure_connected` for any work but a one-shot cell:
+#: the kernel's warm cell worker gives its CPUs back before other work asks for them
+_BEFORE_WORK: list[Any] = []
+
+
+def before_other_work(callback: Any) -> None:
+    if callback not in _BEFORE_WORK:
+        _BEFORE_WORK.append(callback)
+
+
 def head_alive(conn: Connection | None = None, tries: int = 2) -> bool:
     """Whether the connection's head answers on its port (a TCP connect, about 0.1 ms on a
     live head; a dead one is asked ``tries`` times, 0.3 s apart)."""
@@ -451,8 +461,12 @@ def _wait_background() -> None:
                                  f"{error}; the next cell tries again")
 
 
-def ensure_connected(_background: bool = False) -> Connection:
+def ensure_connected(_background: bool = False, *, keep_warm: bool = False) -> Connection:
     """The live connection, connecting (and starting the embedded cluster) on first use.
+
+    Unless ``keep_warm`` (a one-shot cell, or a look at the status), the ``before_other_work``
+    hooks run first: what this kernel keeps warm is given back before other work asks for
+    resources.
 
     A connection whose head no longer answers is dropped first: for an address the user
     gave, that is a one-line :class:`ClusterUnavailable` (no silent fallback); for the
@@ -460,6 +474,12 @@ def ensure_connected(_background: bool = False) -> Connection:
     """
     if not _background and _BG.thread is not None:
         _wait_background()
+    if not keep_warm and _CONN is not None:
+        for callback in _BEFORE_WORK:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - giving back is best effort
+                log.debug("before-other-work hook failed", exc_info=True)
     conn = _CONN
     if conn is not None:
         import ray

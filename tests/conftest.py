@@ -12,6 +12,11 @@ import pytest
 # of CPU); tests/integration/test_autostart.py turns it on where it is what is tested.
 os.environ["LEPTON_AUTOSTART"] = "0"
 
+# Nor does a kernel of the suite keep a warm cell worker (it holds a CPU for 20 s after a
+# cell): tests that ask Ray for every CPU directly would wait for it.
+# tests/integration/test_warm_cell.py turns it on.
+os.environ["LEPTON_WARM_CELL_S"] = "0"
+
 # The interrupt tests press Ctrl-C with _thread.interrupt_main(), which does nothing where
 # SIGINT is ignored, as it is for a suite started in the background (`nohup make test &`).
 signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -10,6 +10,10 @@ usually up by the time you run a cell; LEPTON_AUTOSTART=0 turns that off), or th
 named by RAY_ADDRESS or by `%lepton connect` (then nothing embedded starts). The names the cell reads are sent from the kernel; the names it assigns
 come back (tensors and modules on the CPU). Output streams into the cell as it is printed.
 Ctrl-C (or the stop button) cancels the remote work and frees its resources.
+Each cell starts from a fresh namespace on the cluster. Cells that follow each other keep one
+worker of the kernel warm for LEPTON_WARM_CELL_S seconds (default 20; 0 turns it off), so they
+skip Ray's worker lease; it holds that cell's CPUs meanwhile, any other work of the kernel gets
+them first, GPU cells never keep one, and `%lepton status` shows it.
 
 Examples
 --------

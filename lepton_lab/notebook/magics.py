@@ -179,7 +179,8 @@ class LeptonMagics(Magics):
         from ..remote._analysis import analyze
 
         analyze(cell)  # a syntax error is reported before any cluster is touched
-        self._announce(cluster)
+        # the kernel's warm cell worker stays; run_cell gives it back if this cell needs more
+        self._announce(cluster, keep_warm=True)
         ns = self.shell.user_ns
         if spec.detach:
             return self._detach(cell, ns, spec)
@@ -224,8 +225,8 @@ class LeptonMagics(Magics):
             run_tune(cell, self.shell.user_ns, spec, CellSink(), origin=self._origin())
         return None
 
-    def _announce(self, cluster: Any) -> None:
-        conn = cluster.ensure_connected()
+    def _announce(self, cluster: Any, keep_warm: bool = False) -> None:
+        conn = cluster.ensure_connected(keep_warm=keep_warm)
         if self._announced != conn.address:
             self._announced = conn.address
             what = {"embedded": "embedded local Ray"}.get(conn.kind, "Ray cluster")

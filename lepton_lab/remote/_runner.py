@@ -22,6 +22,7 @@ from ..errors import (
     WorkerDied,
 )
 from ..store import get_store
+from . import _warm
 from ._analysis import CellAnalysis, analyze, is_builtin
 from ._sink import LogTee, Sink
 from ._spec import CellSpec
@@ -394,7 +395,7 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
 
         return run_group_cell(body, namespace, spec, sink, origin=origin)
     an = analyze(body)                      # SyntaxError here: nothing was sent
-    conn = ensure_connected()
+    conn = ensure_connected(keep_warm=True)
     check_feasible(spec)
     values = ship_values(an.reads, namespace)
     payload = build_payload(an, spec, values)
@@ -418,30 +419,49 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
                 tee.status(note)
 
     gens: list[Any] = []
+    worker = None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        if worker is not None:
+            _warm.stop_running(worker, gens)
+        else:
+            cancel_streams(gens)
+
     with Recorder(job_id, tee):
         try:
             # submitted inside the try: a Ctrl-C right after submission still cancels it
-            gens.append(_remote_task().options(name=f"lepton:{job_id}",
-                                               **spec.ray_options()).remote(payload))
+            worker = _warm.take(spec)       # the kernel's warm worker, or None: a task
+            if worker is not None:
+                gens.append(worker.run.options(name=f"lepton:{job_id}").remote(payload))
+            else:
+                gens.append(_remote_task().options(name=f"lepton:{job_id}",
+                                                   **spec.ray_options()).remote(payload))
             # recorded (job and audit entry, one transaction) while the task runs: off the
             # cell's critical path, and still committed before its outcome is shown
             record_job(job_id, "cell", body, an, spec, conn.address, origin)
             results = consume({gens[0]: None}, on_event, deadline=deadline, idle=idle,
                               job_id=job_id)
         except KeyboardInterrupt:
-            cancel_streams(gens)
+            stop()
             tee.status("interrupted: the remote work was cancelled and its resources freed")
             raise
         except JobCancelled:
-            cancel_streams(gens)
+            stop()
             raise
         except CellTimeout:
-            cancel_streams(gens)
+            stop()
             raise CellTimeout(f"the cell ran past --timeout {spec.timeout:g} s; the remote work "
                               "was cancelled and its resources freed") from None
-        except Exception:
-            cancel_streams(gens)   # e.g. the record could not be written: nothing runs on
+        except BaseException:
+            stop()   # e.g. the record could not be written: nothing runs on
             raise
+        finally:
+            if not stopped:
+                healthy = all(r.get("status") != "died" for r in results.values())
+                _warm.cell_ended(spec, worker, healthy)
         outcome = finish_outcome(job_id, results, lambda _r: "remote cell")
         apply_outcome(outcome, namespace, tee, "the cluster")
         return outcome

@@ -50,7 +50,7 @@ def cluster_status(*, probe: bool = True, wait: bool = False) -> dict[str, Any]:
         starting = starting_status()
         if starting:
             return starting
-    conn = ensure_connected()
+    conn = ensure_connected(keep_warm=True)     # a look at the status gives nothing back
     facts = conn.node_versions
     if probe and not facts:
         try:
@@ -81,13 +81,14 @@ def cluster_status(*, probe: bool = True, wait: bool = False) -> dict[str, Any]:
             running.append({"id": job.id, "name": job.name, "kind": job.kind, "user": job.user,
                             "age_s": time.time() - job.created, "resources": job.resources})
     from ._group import group_info
+    from ._warm import info as warm_info
 
     return {
         "address": conn.address, "kind": conn.kind, "dashboard_url": conn.dashboard_url,
         "tls": conn.tls, "nodes": nodes,
         "total": {k: total.get(k, 0.0) for k in ("CPU", "GPU", "memory")},
         "free": {k: free.get(k, 0.0) for k in ("CPU", "GPU", "memory")},
-        "running_jobs": running, "group": group_info(timeout=5),
+        "running_jobs": running, "group": group_info(timeout=5), "warm_cell": warm_info(),
     }
 
 
@@ -128,4 +129,11 @@ def format_text(st: dict[str, Any]) -> str:
     if g:
         lines.append(f"warm group: {g['world']} rank(s), {g['cpus']:g} CPU / {g['gpus']:g} GPU "
                      f"each, backend {g['backend']}")
+    w = st.get("warm_cell")
+    if w:
+        state = "running a cell" if w["busy"] else (
+            f"idle {w['idle_s']:.0f} s, given back after {w['keep_s']:g} s" if w["ready"]
+            else "starting")
+        lines.append(f"warm cell worker: {w['cpus']:g} CPU, pid {w['pid'] or '?'}, "
+                     f"{w['cells']} cell(s), {state}")
     return "\n".join(lines)
