@@ -14,8 +14,9 @@ os.environ["LEPTON_AUTOSTART"] = "0"
 
 # Nor does a kernel of the suite keep a warm cell worker (it holds a CPU for 20 s after a
 # cell): tests that ask Ray for every CPU directly would wait for it.
-# tests/integration/test_warm_cell.py turns it on.
-os.environ["LEPTON_WARM_CELL_S"] = "0"
+# tests/integration/test_warm_cell.py turns it on; `LEPTON_WARM_CELL_S=20 pytest ...` runs
+# the other tests with it on too.
+os.environ.setdefault("LEPTON_WARM_CELL_S", "0")
 
 # The interrupt tests press Ctrl-C with _thread.interrupt_main(), which does nothing where
 # SIGINT is ignored, as it is for a suite started in the background (`nohup make test &`).
