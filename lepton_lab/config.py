@@ -146,17 +146,11 @@ class LeptonConfig(Configurable):
 
     @default("warm_cell_s")
     def _default_warm_cell_s(self) -> float:
-        try:
-            return max(0.0, float(os.environ.get("LEPTON_WARM_CELL_S", "20")))
-        except ValueError:
-            return 20.0
+        return _env_amount("LEPTON_WARM_CELL_S", 20.0)
 
     @default("idle_stop_minutes")
     def _default_idle_stop(self) -> float:
-        try:
-            return max(0.0, float(os.environ.get("LEPTON_IDLE_STOP_MINUTES", "0")))
-        except ValueError:
-            return 0.0
+        return _env_amount("LEPTON_IDLE_STOP_MINUTES", 0.0)
 
     @default("tls")
     def _default_tls(self) -> bool:
@@ -171,6 +165,14 @@ class LeptonConfig(Configurable):
         path = Path(self.home).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _env_amount(name: str, default: float) -> float:
+    """A non-negative number from the environment; ``default`` when unset or not a number."""
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
 
 
 _CONFIG: LeptonConfig | None = None

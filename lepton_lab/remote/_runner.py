@@ -264,6 +264,14 @@ def cancel_streams(gens: Iterable[Any], wait: float = 2.0) -> None:
             ray.cancel(gen, force=True)
         except Exception:  # noqa: BLE001 - already finished
             pass
+    await_end(gens, wait)
+
+
+def await_end(gens: Iterable[Any], wait: float) -> None:
+    """Read stopped streams to their end (bounded by ``wait`` seconds), so that Ray has freed
+    their resources when the cell returns."""
+    import ray
+
     deadline = time.monotonic() + wait
     pending = list(gens)
     while pending and time.monotonic() < deadline:
@@ -426,7 +434,8 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
         nonlocal stopped
         stopped = True
         if worker is not None:
-            _warm.stop_running(worker, gens)
+            _warm.stop_running(worker)
+            await_end(gens, 2.0)
         else:
             cancel_streams(gens)
 

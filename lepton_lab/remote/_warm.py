@@ -238,33 +238,22 @@ def forget() -> None:
         _W = None
 
 
-def stop_running(actor: Any, gens: list[Any], wait: float = 2.0) -> None:
+def stop_running(actor: Any) -> None:
     """Stop the cell running on ``actor`` (Ctrl-C, a timeout, a cancellation): kill the actor,
-    as a cancelled task's worker is killed, and wait (bounded) until Ray reports its stream
-    ended, so that its resources are free when the cell returns."""
+    as a cancelled task's worker is killed. The caller then waits for its stream to end."""
     global _W
-    import ray
-
     with _LOCK:
         w = _W
         if w is not None and w.actor is actor:
             _W = None
             _kill(w)
-        else:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-    deadline = time.monotonic() + wait
-    pending = list(gens)
-    while pending and time.monotonic() < deadline:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.1)
-        for gen in ready:
-            try:
-                ray.get(next(gen))
-                pending.append(gen)       # an event still in flight: read on to the end
-            except Exception:  # noqa: BLE001 - StopIteration or the actor's death
-                pass
+            return
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
 
 
 def _kill(w: _Warm) -> None:

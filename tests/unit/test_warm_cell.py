@@ -26,3 +26,16 @@ def test_the_setting_reads_the_environment(lepton_home, monkeypatch):
         reset_config()
         assert keep_seconds() == want, text
     reset_config()
+
+
+def test_the_idle_stop_setting_reads_the_environment_the_same_way(lepton_home, monkeypatch):
+    from lepton_lab.config import get_config, reset_config
+
+    for text, want in ((None, 0.0), ("30", 30.0), ("-1", 0.0), ("never", 0.0)):
+        if text is None:
+            monkeypatch.delenv("LEPTON_IDLE_STOP_MINUTES", raising=False)
+        else:
+            monkeypatch.setenv("LEPTON_IDLE_STOP_MINUTES", text)
+        reset_config()
+        assert get_config().idle_stop_minutes == want, text
+    reset_config()
