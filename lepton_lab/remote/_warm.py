@@ -150,7 +150,7 @@ def cell_ended(spec: CellSpec, used: Any | None, healthy: bool) -> None:
             if not healthy:
                 release()
                 return
-            w.last = time.monotonic()
+            w.last = now
             _arm_timer(w, seconds)
             return
         key = _key(spec)
