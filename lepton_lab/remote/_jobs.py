@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..cluster import NAMESPACE, ensure_connected
 from ..config import get_config
-from ..errors import JobNotFound, LeptonError, LeptonUsageError, RemoteError, WorkerDied
+from ..errors import (
+    CellTimeout,
+    JobNotFound,
+    LeptonError,
+    LeptonUsageError,
+    RemoteError,
+    WorkerDied,
+)
 from ..store import JobRecord, get_store
 from ._analysis import analyze
 from ._sink import LogTee, Sink
 from ._spec import CellSpec
+
+if TYPE_CHECKING:
+    from ._runner import CellOutcome
 
 EVENT_BYTES_LIMIT = 64 * 1024 * 1024  # output kept per job; older text is dropped beyond it
 RELEASE_GRACE_S = 3600.0  # a keeper lives this long after someone attached and pulled results
@@ -418,3 +428,45 @@ def logs(ref: str) -> tuple[JobRecord, str]:
             text = "".join(e[2] for e in info["events"] if e[0] == "stream")
             return refresh(job), text
     return job, job.log or ""
+
+
+def run_through_keeper(job_id: str, payload: dict[str, Any], spec: CellSpec,
+                        namespace: dict[str, Any], tee: LogTee, deadline: float | None
+                        ) -> CellOutcome:
+    """Ray Client (ray://) cannot stream generator tasks to the client, so a keeper actor on
+    the cluster runs the task and the kernel polls it (the same keeper as detached jobs)."""
+    import ray
+
+    from ._runner import Recorder, apply_outcome, finish_outcome
+
+    keeper = _keeper_cls().options(namespace=NAMESPACE).remote(job_id, payload,
+                                                               spec.ray_options(), 300.0)
+    since = 0
+    try:
+        with Recorder(job_id, tee):
+            try:
+                while True:
+                    ref = keeper.poll.remote(since, 0.5)
+                    while not ray.wait([ref], timeout=0.1)[0]:
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise CellTimeout("timeout")
+                    info = ray.get(ref)
+                    for event in info["events"]:
+                        tee.handle(event)
+                    since = info["next"]
+                    if info["result"] is not None:
+                        break
+            except (KeyboardInterrupt, CellTimeout) as exc:
+                ray.get(keeper.cancel.remote(), timeout=15)
+                if isinstance(exc, KeyboardInterrupt):
+                    tee.status("interrupted: the remote work was cancelled and its resources "
+                               "freed")
+                    raise
+                raise CellTimeout(f"the cell ran past --timeout {spec.timeout:g} s; the remote "
+                                  "work was cancelled and its resources freed") from None
+            outcome = finish_outcome(job_id, {None: ray.get(keeper.values.remote(), timeout=120)},
+                                     lambda _r: "remote cell")
+            apply_outcome(outcome, namespace, tee, "the cluster")
+            return outcome
+    finally:
+        ray.kill(keeper, no_restart=True)

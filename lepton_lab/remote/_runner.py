@@ -411,7 +411,9 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     if conn.is_client:
         job_id = record_submission("cell", body, an, spec, conn.address, origin)
-        return _run_through_keeper(job_id, payload, spec, namespace, tee, deadline)
+        from ._jobs import run_through_keeper
+
+        return run_through_keeper(job_id, payload, spec, namespace, tee, deadline)
     job_id = new_job_id()
     noted = []      # a note was shown, or the task was seen running: no note (any more)
 
@@ -474,46 +476,3 @@ def run_cell(body: str, namespace: dict[str, Any], spec: CellSpec, sink: Sink, *
         outcome = finish_outcome(job_id, results, lambda _r: "remote cell")
         apply_outcome(outcome, namespace, tee, "the cluster")
         return outcome
-
-
-def _run_through_keeper(job_id: str, payload: dict[str, Any], spec: CellSpec,
-                        namespace: dict[str, Any], tee: LogTee, deadline: float | None
-                        ) -> CellOutcome:
-    """Ray Client (ray://) cannot stream generator tasks to the client, so a keeper actor on
-    the cluster runs the task and the kernel polls it (the same keeper as detached jobs)."""
-    import ray
-
-    from ..cluster import NAMESPACE
-    from ._jobs import _keeper_cls
-
-    keeper = _keeper_cls().options(namespace=NAMESPACE).remote(job_id, payload,
-                                                               spec.ray_options(), 300.0)
-    since = 0
-    try:
-        with Recorder(job_id, tee):
-            try:
-                while True:
-                    ref = keeper.poll.remote(since, 0.5)
-                    while not ray.wait([ref], timeout=0.1)[0]:
-                        if deadline is not None and time.monotonic() > deadline:
-                            raise CellTimeout("timeout")
-                    info = ray.get(ref)
-                    for event in info["events"]:
-                        tee.handle(event)
-                    since = info["next"]
-                    if info["result"] is not None:
-                        break
-            except (KeyboardInterrupt, CellTimeout) as exc:
-                ray.get(keeper.cancel.remote(), timeout=15)
-                if isinstance(exc, KeyboardInterrupt):
-                    tee.status("interrupted: the remote work was cancelled and its resources "
-                               "freed")
-                    raise
-                raise CellTimeout(f"the cell ran past --timeout {spec.timeout:g} s; the remote "
-                                  "work was cancelled and its resources freed") from None
-            outcome = finish_outcome(job_id, {None: ray.get(keeper.values.remote(), timeout=120)},
-                                     lambda _r: "remote cell")
-            apply_outcome(outcome, namespace, tee, "the cluster")
-            return outcome
-    finally:
-        ray.kill(keeper, no_restart=True)
