@@ -110,7 +110,10 @@ def take(spec: CellSpec) -> Any | None:
         w = _W
         if w is None:
             return None
-        if key is None or w.key != key or w.conn is not current() or keep_seconds() <= 0:
+        if w.conn is not current():     # disconnected or reconnected: it went with the driver
+            forget()
+            return None
+        if key is None or w.key != key or keep_seconds() <= 0:
             give_back_for_other_work()
             return None
         if w.busy:

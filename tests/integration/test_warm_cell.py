@@ -52,12 +52,21 @@ def pids(ip, n: int) -> list[int]:
 
 
 def warm_up(ip) -> None:
-    """Two cells in a row start the worker (in the background); wait until Ray placed it."""
+    """Two cells in a row start the worker (in the background); wait until Ray placed it.
+
+    It starts only on CPUs free in Ray's view of the cluster, which lags by a moment behind
+    work that just ended (a cell with every CPU, a worker given back): then the next cells
+    try again."""
     import ray
 
     from lepton_lab.remote import _warm
 
     pids(ip, 2)
+    for _ in range(10):
+        if _warm._W is not None:
+            break
+        time.sleep(0.2)
+        pids(ip, 1)
     assert _warm._W is not None, "no warm worker was started"
     ray.get(_warm._W.ready_ref, timeout=60)
 
@@ -230,3 +239,20 @@ def test_a_real_kernel_interrupts_its_warm_worker_and_frees_it_on_exit(cluster):
     finally:
         kernel.stop()
     wait_for_free_cpus(timeout=10)
+
+
+def test_after_a_disconnect_the_next_cells_get_a_new_worker(ip, warm):
+    """`%lepton disconnect` ends the driver and its worker with it: the next cell reconnects
+    and runs as a task, and a new worker follows (no wait for the idle time, as there is
+    after other work)."""
+
+    from lepton_lab.remote import _warm
+
+    warm(60)
+    warm_up(ip)
+    old = pids(ip, 1)[0]
+    ip.run_line_magic("lepton", "disconnect")
+    assert pids(ip, 1)[0] != old                # on a task of the new connection
+    warm_up(ip)
+    new = pids(ip, 1)[0]
+    assert new == _warm.info()["pid"] and new != old
